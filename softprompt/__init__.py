@@ -1,0 +1,16 @@
+"""softprompt: soft-prompt tuning for Hugging Face models.
+
+    from softprompt import SoftPromptModel, load_config, train
+    result = train(load_config("recipes/debug/tiny-causal.yaml", overrides=["train.max_steps=20"]))
+    model = SoftPromptModel.from_adapter(result.adapter_dir)
+    model.generate(["apple ="], max_new_tokens=4)
+"""
+
+__version__ = "0.1.0"
+
+from softprompt.config import Config, load_config  # noqa: E402
+from softprompt.errors import ConfigError, SoftPromptError  # noqa: E402
+from softprompt.model import SoftPromptModel  # noqa: E402
+from softprompt.train import RunResult, train  # noqa: E402
+
+__all__ = ["Config", "ConfigError", "RunResult", "SoftPromptError", "SoftPromptModel", "load_config", "train"]

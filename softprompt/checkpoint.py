@@ -1,0 +1,103 @@
+"""Atomic, resumable checkpoints: `<run>/step_000100/`.
+
+Each holds the trainable tensors (safetensors), a weights-only torch file with optimizer, scheduler,
+RNG and loop state (data position, best metric), and `meta.json` (resolved config, metrics, versions).
+A checkpoint is written to a temp dir beside its final name and renamed, so a kill never leaves a
+half-written one; loading never unpickles code (`torch.load(weights_only=True)`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "step_"
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value.to(params[name].device))
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    import softprompt
+
+    return {"softprompt": softprompt.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__}
+
+
+def atomic_dir(final: Path) -> Path:
+    """A fresh temp dir next to `final`; hand it to `commit` once everything is written."""
+    tmp = final.parent / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit(tmp: Path, final: Path) -> Path:
+    if final.exists():
+        old = final.parent / f".{final.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    return final
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loop_state: dict, meta: dict,
+                    keep: int) -> Path:
+    final = run_dir / f"{PREFIX}{step:06d}"
+    tmp = atomic_dir(final)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save({
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        "loop": loop_state,
+    }, tmp / "trainer_state.pt")
+    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta, "versions": versions()}, indent=2, default=str))
+    commit(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore everything `save_checkpoint` wrote; returns the loop state."""
+    load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
+    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    py = state["python_rng"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    return state["loop"]

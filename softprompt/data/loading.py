@@ -1,0 +1,114 @@
+"""Dataset loading (through `datasets`) and text-to-text templating into token ids.
+
+Sources: a hub dataset name (when online), a local file (json, jsonl, csv, parquet; used as the train
+split), a local directory holding `<split>.<ext>` files, or "demo" for the bundled task.
+
+Truncation policy (`data.truncation`): targets are never cut; a target longer than
+`data.max_target_length` is an error. When source + target exceed `data.max_length` the source is cut:
+`source_left` drops its first tokens (keeping a leading BOS), `source_right` drops its last tokens,
+`error` refuses the row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from softprompt.errors import SoftPromptError
+
+DEMO_TASK = Path(__file__).parent / "demo" / "task"
+FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_split(path: str, split: str, name: str | None = None):
+    """One split as a `datasets.Dataset`."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    local = DEMO_TASK if path == "demo" else Path(path)
+    if local.is_dir():
+        files = [f for f in sorted(local.iterdir()) if f.stem == split and f.suffix in FORMATS]
+        if not files:
+            raise SoftPromptError(
+                f"data.path: {str(local)!r} has no file for split {split!r}; expected {split}.jsonl/.json/.csv/.parquet"
+            )
+        return _load_file(files[0], split)
+    if local.suffix in FORMATS:
+        if not local.is_file():
+            raise SoftPromptError(f"data.path: {str(local)!r} does not exist")
+        if split != "train":
+            raise SoftPromptError(
+                f"data.path: {str(local)!r} is one file, used as the train split; for a {split!r} split put "
+                f"{split}.jsonl beside train.jsonl in a directory and point data.path at it, or set it to null"
+            )
+        return _load_file(local, split)
+    try:
+        return datasets.load_dataset(path, name, split=split)
+    except Exception as e:  # noqa: BLE001 - any hub failure becomes one clear message
+        raise SoftPromptError(
+            f"data.path: cannot load {path!r} split {split!r} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            "give a local json/jsonl/csv/parquet file or directory, or a hub dataset reachable from here"
+        ) from None
+
+
+def _load_file(file: Path, split: str):
+    import datasets
+
+    try:
+        return datasets.load_dataset(FORMATS[file.suffix], data_files={split: str(file)}, split=split)
+    except Exception as e:  # noqa: BLE001
+        raise SoftPromptError(f"data.path: cannot read {str(file)!r} ({str(e).splitlines()[0][:160]})") from None
+
+
+def render(template: str, row: dict, key: str) -> str:
+    try:
+        return template.format(**row)
+    except KeyError as e:
+        raise SoftPromptError(
+            f"data.{key}: refers to column {e.args[0]!r}, which the dataset lacks; its columns are {sorted(row)}"
+        ) from None
+
+
+def encode_rows(rows, tokenizer, data_cfg, kind: str, split: str) -> list[dict]:
+    """Template and tokenize every row. Causal rows are `source + target` with labels on the target
+    only; seq2seq rows keep them apart. Every row also keeps `source_ids` and the target text for
+    generation-based evaluation."""
+    if len(rows) == 0:
+        raise SoftPromptError(f"data: the {split!r} split is empty; give at least one row")
+    limit = data_cfg.max_train_samples if split == data_cfg.train_split else data_cfg.max_eval_samples
+    if limit is not None:
+        rows = rows.select(range(min(limit, len(rows))))
+    eos = [tokenizer.eos_token_id] if data_cfg.add_eos and tokenizer.eos_token_id is not None else []
+    bos = tokenizer.bos_token_id
+    out = []
+    for i, row in enumerate(rows):
+        source = render(data_cfg.source_template, row, "source_template")
+        target = render(data_cfg.target_template, row, "target_template")
+        src = tokenizer(source)["input_ids"]
+        tgt = tokenizer(target, add_special_tokens=False)["input_ids"] + eos
+        if len(tgt) > data_cfg.max_target_length:
+            raise SoftPromptError(
+                f"data: {split} row {i} has a target of {len(tgt)} tokens, over data.max_target_length="
+                f"{data_cfg.max_target_length}; raise data.max_target_length or shorten the targets"
+            )
+        room = data_cfg.max_length - (len(tgt) if kind == "causal" else 0)
+        if len(src) > room:
+            src = _truncate(src, room, data_cfg.truncation, bos, f"{split} row {i}", data_cfg.max_length)
+        if kind == "causal":
+            item = {"input_ids": src + tgt, "labels": [-100] * len(src) + tgt}
+        else:
+            item = {"input_ids": src, "labels": tgt}
+        item.update(source_ids=src, target_text=target)
+        out.append(item)
+    return out
+
+
+def _truncate(ids: list[int], room: int, policy: str, bos: int | None, where: str, max_length: int) -> list[int]:
+    if policy == "error":
+        raise SoftPromptError(
+            f"data: {where} needs {len(ids)} source tokens but only {room} fit in data.max_length={max_length}; "
+            "raise data.max_length or set data.truncation to source_left/source_right"
+        )
+    if policy == "source_right":
+        return ids[:room]
+    keep_bos = bool(ids) and bos is not None and ids[0] == bos and room > 1
+    return [bos] + ids[len(ids) - room + 1:] if keep_bos else ids[len(ids) - room:]

@@ -1,0 +1,51 @@
+"""Evaluation drivers: token-weighted LM loss / perplexity, and exact match by greedy generation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from softprompt.data import collate, collate_sources
+
+
+@torch.no_grad()
+def lm_loss(model, items: list[dict], batch_size: int) -> dict[str, float]:
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(items), batch_size):
+        batch = collate(items[start:start + batch_size], model.tokenizer.pad_token_id, model.kind)
+        out = model(**{k: v.to(model.device) for k, v in batch.items()})
+        total += out.loss_sum.item()
+        count += out.num_tokens.item()
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.strip().split())
+
+
+@torch.no_grad()
+def exact_match(model, items: list[dict], batch_size: int, max_new_tokens: int) -> dict[str, float]:
+    """Share of rows whose greedy continuation (up to eos) equals the target, whitespace-normalised."""
+    predictions = generate_texts(model, items, batch_size, max_new_tokens)
+    hits = sum(normalise(p) == normalise(it["target_text"]) for p, it in zip(predictions, items))
+    return {"eval_accuracy": hits / max(len(items), 1)}
+
+
+@torch.no_grad()
+def generate_texts(model, items: list[dict], batch_size: int, max_new_tokens: int) -> list[str]:
+    was_training = model.training
+    model.eval()
+    tok = model.tokenizer
+    out = []
+    for start in range(0, len(items), batch_size):
+        batch = collate_sources(items[start:start + batch_size], tok.pad_token_id)
+        new = model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        out.extend(tok.batch_decode(new, skip_special_tokens=True))
+    model.train(was_training)
+    return out

@@ -1,0 +1,11 @@
+"""The shared prompt-embedding layer, its initialisations, and the registry of token offsets.
+
+`OFFSETS` maps an offset's `describe()["type"]` to its class, so a saved adapter rebuilds the offset
+module (e.g. DePT's low-rank update) from its sidecar without knowing the method.
+"""
+
+from softprompt.layers.prompt_embedding import PromptEmbedding, TokenOffset
+
+OFFSETS: dict[str, type] = {}
+
+__all__ = ["OFFSETS", "PromptEmbedding", "TokenOffset"]

@@ -1,0 +1,100 @@
+"""Prompt initialisations. Each returns a (p, d) fp32 tensor; none touches the model.
+
+Lester et al. 2021 §3.2 (https://arxiv.org/abs/2104.08691) compare random uniform, sampled vocabulary
+and class-label inits; class-label is their default and random is worst. PEFT's RANDOM is N(0, 1),
+far off the scale of decoder embedding tables, and its SAMPLE_VOCAB draws from the whole vocabulary
+(rare and garbage rows included), so our default samples frequent, non-special rows instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from softprompt.errors import SoftPromptError
+
+
+def uniform(num_tokens: int, dim: int, init_range: float, generator: torch.Generator) -> torch.Tensor:
+    """U(-r, r). The paper states [-0.5, 0.5] (r = 0.5); the official flax code samples [0, 0.5)."""
+    return (torch.rand(num_tokens, dim, generator=generator) * 2 - 1) * init_range
+
+
+def frequent_ids(vocab_size: int, special_ids: set[int], top_k: int) -> torch.Tensor:
+    """The first `top_k` non-special ids. SentencePiece vocabularies are frequency-ordered and BPE
+    ids follow merge order (earlier merges are more frequent pairs), so low ids are frequent tokens."""
+    ids = [i for i in range(min(top_k + len(special_ids), vocab_size)) if i not in special_ids]
+    return torch.tensor(ids[:top_k], dtype=torch.long)
+
+
+def sampled_vocab(
+    table: torch.Tensor, num_tokens: int, special_ids: set[int], top_k: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Rows of the embedding table for ids drawn without replacement (with, if p exceeds the pool)."""
+    pool = frequent_ids(table.shape[0], special_ids, top_k)
+    if len(pool) == 0:
+        raise SoftPromptError("prompt.init 'vocab': the vocabulary has no non-special tokens; use init 'uniform'")
+    if num_tokens <= len(pool):
+        pick = pool[torch.randperm(len(pool), generator=generator)[:num_tokens]]
+    else:
+        pick = pool[torch.randint(len(pool), (num_tokens,), generator=generator)]
+    return table[pick].detach().float().clone()
+
+
+def text(table: torch.Tensor, token_ids: list[int], num_tokens: int) -> torch.Tensor:
+    """The text's token embeddings tiled cyclically to p rows (truncated when longer), as PEFT's TEXT."""
+    if not token_ids:
+        raise SoftPromptError("prompt.init_text: tokenizes to no tokens; give a non-empty text")
+    reps = -(-num_tokens // len(token_ids))
+    ids = torch.tensor((token_ids * reps)[:num_tokens], dtype=torch.long)
+    return table[ids].detach().float().clone()
+
+
+def class_label(
+    table: torch.Tensor,
+    label_token_ids: list[list[int]],
+    num_tokens: int,
+    special_ids: set[int],
+    top_k: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Slot i is the mean of label i's sub-token embeddings (Lester et al. average multi-token labels);
+    the remaining slots are sampled vocabulary rows."""
+    if len(label_token_ids) > num_tokens:
+        raise SoftPromptError(
+            f"prompt.init_labels: {len(label_token_ids)} labels but only {num_tokens} prompt tokens; "
+            "raise prompt.num_virtual_tokens or pass fewer labels"
+        )
+    out = sampled_vocab(table, num_tokens, special_ids, top_k, generator)
+    for i, ids in enumerate(label_token_ids):
+        if not ids:
+            raise SoftPromptError(f"prompt.init_labels: label #{i} tokenizes to no tokens")
+        out[i] = table[torch.tensor(ids)].detach().float().mean(0)
+    return out
+
+
+def from_file(path: str, num_tokens: int, dim: int) -> torch.Tensor:
+    """A (p, d) tensor from a safetensors file, a weights-only torch file, or an adapter dir."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "adapter_model.safetensors"
+    if not p.is_file():
+        raise SoftPromptError(f"prompt.init_file: {str(p)!r} does not exist; give a .safetensors/.pt file or adapter dir")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(p))
+    else:
+        tensors = torch.load(str(p), map_location="cpu", weights_only=True)
+    if isinstance(tensors, dict):
+        key = "prompt_embeddings" if "prompt_embeddings" in tensors else next(iter(tensors), None)
+        tensor = tensors.get(key) if key else None
+    else:
+        tensor = tensors
+    if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != (num_tokens, dim):
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
+        raise SoftPromptError(
+            f"prompt.init_file: {str(p)!r} holds a prompt of shape {shape}, expected {(num_tokens, dim)}; "
+            "set prompt.num_virtual_tokens to match or use another file"
+        )
+    return tensor.float().clone()

@@ -1,0 +1,62 @@
+"""The shared prompt-embedding layer: (input_ids, attention_mask) -> what the frozen model consumes.
+
+Every method trains through this one module. It owns the prompt parameter (kept in fp32 and cast to
+the activation dtype at use) and an optional `offset` module that adds a per-real-token delta to the
+frozen token embeddings (DePT's low-rank update plugs in there). It gives either the concatenated
+`[prompt; tokens]` embeddings (the reference path, any model) or the two parts separately (for
+paths that run the prompt once, e.g. shared-prefix execution).
+
+The frozen embedding table is passed in at call time, not stored, so the base model's weights are
+never registered twice.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+class TokenOffset(Protocol):
+    """A module adding a delta to the embeddings of the real tokens: (B, L) mask -> (B, L, D)."""
+
+    def __call__(self, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+class PromptEmbedding(nn.Module):
+    def __init__(self, prompt_init: torch.Tensor, offset: nn.Module | None = None):
+        super().__init__()
+        self.prompt = nn.Parameter(prompt_init.detach().float().clone())  # (p, D) fp32 master copy
+        self.offset = offset
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.prompt.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.prompt.shape[1]
+
+    def prompt_embeds(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.prompt.to(dtype)  # (p, D)
+
+    def token_embeds(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module
+    ) -> torch.Tensor:
+        embeds = table(input_ids)  # (B, L, D)
+        if self.offset is not None:
+            embeds = embeds + self.offset(attention_mask).to(embeds.dtype)
+        return embeds
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenation path: returns `[prompt; tokens]` (B, p+L, D) and its mask (B, p+L)."""
+        tokens = self.token_embeds(input_ids, attention_mask, table)  # (B, L, D)
+        batch = tokens.shape[0]
+        prompt = self.prompt_embeds(tokens.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, p, D)
+        embeds = torch.cat([prompt, tokens], dim=1)  # (B, p+L, D)
+        ones = attention_mask.new_ones(batch, self.num_virtual_tokens)
+        mask = torch.cat([ones, attention_mask], dim=1)  # (B, p+L)
+        return embeds, mask

@@ -1,0 +1,311 @@
+"""SoftPromptModel: a frozen Hugging Face model composed with the shared prompt-embedding layer.
+
+It never subclasses or patches the HF model. A small table (`KINDS`) says, per architecture kind,
+where the prompt goes and how outputs are brought back in line with the input:
+
+- causal: the prompt precedes the tokens; `position_ids` come from the mask so left-, right- and
+  un-padded rows agree; only the real positions reach the LM head (`logits_to_keep`).
+- seq2seq: the prompt goes on the encoder only (Lester et al. §4); the decoder is untouched.
+- encoder: the prompt precedes the tokens; outputs for virtual positions are dropped.
+
+Outputs are always aligned with `input_ids`: no logits or hidden states for virtual positions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softprompt.errors import SoftPromptError
+from softprompt.layers import PromptEmbedding
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL = Path(__file__).parent / "data" / "demo" / "model"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class SoftPromptOutput:
+    logits: torch.Tensor | None = None  # (B, L, V) aligned with the input (decoder input for seq2seq)
+    hidden_states: torch.Tensor | None = None  # (B, L, D) last hidden state, encoders only
+    loss: torch.Tensor | None = None  # mean token cross-entropy over label tokens
+    loss_sum: torch.Tensor | None = None  # summed cross-entropy, for normalising across accumulation
+    num_tokens: torch.Tensor | None = None  # label tokens scored
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading the frozen base
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    return str(DEMO_MODEL) if name_or_path == "demo" else name_or_path
+
+
+def detect_kind(config) -> str:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not _is_encoder_only(config):
+        return "causal"
+    return "encoder"
+
+
+def _is_encoder_only(config) -> bool:
+    return config.model_type in {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "electra", "distilbert", "camembert", "modernbert"}
+
+
+def load_base(name_or_path: str, kind: str = "auto", dtype: str = "float32", revision: str | None = None,
+              trust_remote_code: bool = False):
+    """Load (model, tokenizer, kind) from a hub id or local dir; "demo" is the embedded default."""
+    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                              AutoTokenizer)
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise SoftPromptError(
+            f"model.name_or_path: cannot load {name_or_path!r} ({str(e).splitlines()[0][:160]}); "
+            "give a local model directory or a hub id reachable from this machine"
+        ) from None
+    kind = detect_kind(config) if kind == "auto" else kind
+    auto = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}[kind]
+    model = auto.from_pretrained(path, revision=revision, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, kind
+
+
+# ---------------------------------------------------------------------------------------------------
+# Row layout helpers
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... over the real (mask = 1) columns of each row; padding gets 0 (it is masked anyway)."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+
+
+def right_align(*tensors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Move each row's real columns to the front, keeping their order. Returns (order, tensors).
+    Used where a model has no position_ids (T5's relative buckets would see a left-pad gap)."""
+    order = torch.argsort((mask == 0).to(torch.int8), dim=1, stable=True)  # (B, T)
+    return order, tuple(_gather_rows(t, order) for t in tensors)
+
+
+def left_align(*tensors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Move each row's padding to the front (the layout `generate` appends to)."""
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)  # (B, T), pads first
+    return tuple(_gather_rows(t, order) for t in tensors)
+
+
+def _gather_rows(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    index = order.view(*order.shape, *([1] * (t.dim() - 2))).expand(*order.shape, *t.shape[2:])
+    return t.gather(1, index)
+
+
+def _undo_order(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    index = order.view(*order.shape, *([1] * (t.dim() - 2))).expand_as(t)
+    return torch.empty_like(t).scatter(1, index, t)
+
+
+def _accepts(module: nn.Module, name: str) -> bool:
+    return name in inspect.signature(module.forward).parameters
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed CE over labels != -100, and their count. logits (B, T, V), labels (B, T)."""
+    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+    return loss_sum, (labels != -100).sum()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The wrapper
+
+
+class SoftPromptModel(nn.Module):
+    def __init__(self, base: nn.Module, prompt: PromptEmbedding, tokenizer=None, kind: str | None = None,
+                 base_name: str | None = None):
+        super().__init__()
+        base.requires_grad_(False)
+        self.base = base
+        self.prompt = prompt
+        self.tokenizer = tokenizer
+        self.kind = kind or detect_kind(base.config)
+        if self.kind not in KINDS:
+            raise SoftPromptError(f"model.kind: {self.kind!r} is not one of {sorted(KINDS)}")
+        self.base_name = base_name or getattr(base.config, "_name_or_path", None)
+        self._use_positions = self.kind != "seq2seq" and _accepts(base, "position_ids")
+        self._keep_logits = self.kind == "causal" and _accepts(base, "logits_to_keep")
+
+    # -- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, num_virtual_tokens: int = 20, init: str = "vocab",
+                        kind: str = "auto", dtype: str = "float32", seed: int = 0, **prompt_kwargs):
+        """Frozen base from a hub id or local dir, plus a fresh prompt (see `PromptConfig`)."""
+        from softprompt.config import PromptConfig
+
+        base, tokenizer, kind = load_base(name_or_path, kind=kind, dtype=dtype)
+        pcfg = PromptConfig(num_virtual_tokens=num_virtual_tokens, init=init, **prompt_kwargs)
+        prompt = PromptEmbedding(initial_prompt(pcfg, base, tokenizer, seed))
+        return cls(base, prompt, tokenizer, kind, name_or_path)
+
+    @classmethod
+    def from_adapter(cls, adapter_dir: str | Path, base: nn.Module | None = None, tokenizer=None):
+        """Base model named in the adapter (or the one given) plus the trained prompt."""
+        from softprompt.export import load_adapter
+
+        return load_adapter(adapter_dir, base=base, tokenizer=tokenizer)
+
+    def save_adapter(self, out_dir: str | Path, **meta) -> Path:
+        """A PEFT-loadable adapter dir plus our sidecar and a serving bundle (see export.py)."""
+        from softprompt.export import save_adapter
+
+        return save_adapter(self, out_dir, **meta)
+
+    export_peft = save_adapter
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @property
+    def input_table(self) -> nn.Module:
+        return self.base.get_input_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        return self.prompt.prompt.device
+
+    # -- forward -----------------------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **kwargs) -> SoftPromptOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return KINDS[self.kind](self, input_ids, attention_mask, labels, **kwargs)
+
+    def _causal(self, input_ids, attention_mask, labels, **kwargs) -> SoftPromptOutput:
+        length = input_ids.shape[1]
+        embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D), (B, p+L)
+        extra = {"position_ids": positions_from_mask(mask)} if self._use_positions else {}
+        if self._keep_logits:
+            extra["logits_to_keep"] = length  # the LM head never sees the p virtual positions
+        out = self.base(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra, **kwargs)
+        logits = out.logits[:, -length:]  # (B, L, V); a no-op when logits_to_keep was honoured
+        result = SoftPromptOutput(logits=logits)
+        if labels is not None:
+            # The logit at position t predicts token t+1; the prompt's last position would predict the
+            # first token, which is never a target (a target always follows its source).
+            result.loss_sum, result.num_tokens = token_cross_entropy(logits[:, :-1], labels[:, 1:])
+            result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
+        return result
+
+    def _seq2seq(self, input_ids, attention_mask, labels, decoder_input_ids=None, **kwargs) -> SoftPromptOutput:
+        _, (input_ids, attention_mask) = right_align(input_ids, attention_mask, mask=attention_mask)
+        embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # encoder only: (B, p+L, D)
+        if decoder_input_ids is None and labels is not None:
+            decoder_input_ids = self.base.prepare_decoder_input_ids_from_labels(labels=labels)
+        out = self.base(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_input_ids,
+                        use_cache=False, **kwargs)
+        result = SoftPromptOutput(logits=out.logits)  # (B, T_dec, V): aligned with the decoder input
+        if labels is not None:
+            result.loss_sum, result.num_tokens = token_cross_entropy(out.logits, labels)
+            result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
+        return result
+
+    def _encoder(self, input_ids, attention_mask, labels, **kwargs) -> SoftPromptOutput:
+        p = self.prompt.num_virtual_tokens
+        order, (input_ids, attention_mask) = right_align(input_ids, attention_mask, mask=attention_mask)
+        embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D)
+        extra = {"position_ids": positions_from_mask(mask)} if self._use_positions else {}
+        out = self.base(inputs_embeds=embeds, attention_mask=mask, **extra, **kwargs)
+        result = SoftPromptOutput()
+        if getattr(out, "logits", None) is not None:
+            result.logits = _undo_order(out.logits[:, p:], order)  # (B, L, V) in the input's order
+        if getattr(out, "last_hidden_state", None) is not None:
+            result.hidden_states = _undo_order(out.last_hidden_state[:, p:], order)  # (B, L, D)
+        if labels is not None and result.logits is not None:
+            result.loss_sum, result.num_tokens = token_cross_entropy(result.logits, labels)
+            result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
+        return result
+
+    # -- generation --------------------------------------------------------------------------------
+
+    def prompted_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embeddings and mask `generate` starts from: causal rows as [pads; prompt; tokens]
+        (left-aligned, so new tokens append after the real ones), seq2seq encoder rows right-aligned."""
+        if self.kind == "causal":
+            embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D)
+            return left_align(embeds, mask, mask=mask)
+        if self.kind == "seq2seq":
+            _, (input_ids, attention_mask) = right_align(input_ids, attention_mask, mask=attention_mask)
+            return self.prompt(input_ids, attention_mask, self.input_table)
+        raise SoftPromptError("generate: encoder models do not generate; use a causal or seq2seq model")
+
+    @torch.no_grad()
+    def generate(self, inputs: str | list[str] | torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **generate_kwargs):
+        """Through the HF model's own `generate`. Strings in, strings out; ids in, new ids out."""
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if isinstance(texts, list):
+            if self.tokenizer is None:
+                raise SoftPromptError("generate: pass token ids, or build the model with a tokenizer")
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True)
+            input_ids, attention_mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        else:
+            input_ids = texts.to(self.device)
+            attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
+        embeds, mask = self.prompted_inputs(input_ids, attention_mask)
+        kwargs = {"max_new_tokens": 20, "do_sample": False}
+        if self.tokenizer is not None:
+            kwargs["pad_token_id"] = self.tokenizer.pad_token_id
+        kwargs.update(generate_kwargs)
+        out = self.base.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        if isinstance(inputs, torch.Tensor):
+            return out
+        decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return decoded[0] if isinstance(inputs, str) else decoded
+
+
+KINDS: dict[str, Callable] = {
+    "causal": SoftPromptModel._causal,
+    "seq2seq": SoftPromptModel._seq2seq,
+    "encoder": SoftPromptModel._encoder,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompt initialisation from a PromptConfig
+
+
+def initial_prompt(pcfg, base: nn.Module, tokenizer, seed: int) -> torch.Tensor:
+    """The (p, d) fp32 starting prompt chosen by `pcfg.init`."""
+    from softprompt.layers import inits
+
+    table = base.get_input_embeddings().weight
+    p, d = pcfg.num_virtual_tokens, table.shape[1]
+    generator = torch.Generator().manual_seed(pcfg.seed if pcfg.seed is not None else seed)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if pcfg.init == "uniform":
+        return inits.uniform(p, d, pcfg.init_range, generator)
+    if pcfg.init == "vocab":
+        return inits.sampled_vocab(table, p, special, pcfg.vocab_top_k, generator)
+    if pcfg.init == "text":
+        ids = tokenizer(pcfg.init_text, add_special_tokens=False)["input_ids"]
+        return inits.text(table, ids, p)
+    if pcfg.init == "class_label":
+        ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in pcfg.init_labels]
+        return inits.class_label(table, ids, p, special, pcfg.vocab_top_k, generator)
+    if pcfg.init == "file":
+        return inits.from_file(pcfg.init_file, p, d)
+    raise SoftPromptError(f"prompt.init: unknown init {pcfg.init!r}")

@@ -43,6 +43,7 @@ class RunResult:
     best: dict = field(default_factory=dict)  # eval metrics of the adapter in final/
     test: dict = field(default_factory=dict)  # test metrics of the adapter in final/
     history: list = field(default_factory=list)
+    model: object = None  # the trained SoftPromptModel (final/'s adapter loaded)
 
 
 def train(cfg: Config, resume: bool = False) -> RunResult:
@@ -78,9 +79,13 @@ def train(cfg: Config, resume: bool = False) -> RunResult:
     if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
         loop = load_checkpoint(ckpt, model, optimizer, scheduler)
         accelerator.print(f"resumed from {ckpt} at step {loop['step']}")
+        if main:  # drop what the interrupted run logged after its last checkpoint
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in loop["history"]))
     elif main:
         start_fresh(run_dir, cfg)
     accelerator.wait_for_everyone()
+    if tc.trackers:  # only now: bad input must fail before anything is written
+        accelerator.init_trackers(tc.run_name, config=flat(to_dict(cfg)))
     metrics_file = run_dir / "metrics.jsonl"
     n_params = model.trainable_parameters()
     accelerator.print(f"trainable parameters: {n_params:,} (base frozen: {sum(p.numel() for p in base.parameters()):,})")
@@ -161,7 +166,7 @@ def train(cfg: Config, resume: bool = False) -> RunResult:
         plot_curves(loop["history"], run_dir / "curves.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    result.history = loop["history"]
+    result.history, result.model = loop["history"], model
     return result
 
 
@@ -177,6 +182,10 @@ def build_accelerator(cfg: Config, run_dir: Path):
     if "wandb" in trackers:
         os.environ.setdefault("WANDB_DIR", str(run_dir))
         os.environ.setdefault("WANDB_SILENT", "true")
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()  # a library user may call train() again with other precision
     # Without cpu=True, CPU processes started by torchrun/accelerate silently run unsynchronised
     # (research/env_probe.md §4).
     accelerator = Accelerator(
@@ -189,9 +198,6 @@ def build_accelerator(cfg: Config, run_dir: Path):
     if accelerator.num_processes != expected:
         raise SoftPromptError(f"launcher started {expected} processes but accelerate sees {accelerator.num_processes}; "
                               "launch with `accelerate launch --multi_gpu --num_processes N` or torchrun")
-    if trackers:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.init_trackers(cfg.train.run_name, config=flat(to_dict(cfg)))
     return accelerator
 
 

@@ -175,10 +175,18 @@ def _apply_override(data: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
-    try:
-        node[parts[-1]] = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        node[parts[-1]] = raw
+    node[parts[-1]] = OverrideText(raw)
+
+
+class OverrideText(str):
+    """A command-line value: taken verbatim for string fields (so `{question}` stays a template),
+    parsed as YAML for every other type."""
+
+    def parsed(self) -> Any:
+        try:
+            return yaml.safe_load(self)
+        except yaml.YAMLError:
+            return str(self)
 
 
 def _build(cls: type, values: Any, where: str) -> Any:
@@ -198,6 +206,12 @@ def _build(cls: type, values: Any, where: str) -> Any:
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if isinstance(value, OverrideText):
+        union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+        optional = union and type(None) in typing.get_args(tp)
+        if (tp is str or (union and str in typing.get_args(tp))) and not (optional and value.strip() in ("null", "~", "")):
+            return str(value)
+        value = value.parsed()
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):

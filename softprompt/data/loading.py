@@ -45,7 +45,7 @@ def load_split(path: str, split: str, name: str | None = None):
         return datasets.load_dataset(path, name, split=split)
     except Exception as e:  # noqa: BLE001 - any hub failure becomes one clear message
         raise SoftPromptError(
-            f"data.path: cannot load {path!r} split {split!r} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            f"data.path: cannot load {path!r} split {split!r} ({_first_line(e)}); "
             "give a local json/jsonl/csv/parquet file or directory, or a hub dataset reachable from here"
         ) from None
 
@@ -53,10 +53,17 @@ def load_split(path: str, split: str, name: str | None = None):
 def _load_file(file: Path, split: str):
     import datasets
 
+    if not file.read_bytes().strip():
+        raise SoftPromptError(f"data: the {split!r} split is empty ({str(file)!r} has no rows); give at least one row")
     try:
         return datasets.load_dataset(FORMATS[file.suffix], data_files={split: str(file)}, split=split)
     except Exception as e:  # noqa: BLE001
-        raise SoftPromptError(f"data.path: cannot read {str(file)!r} ({str(e).splitlines()[0][:160]})") from None
+        raise SoftPromptError(f"data.path: cannot read {str(file)!r} ({_first_line(e)})") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
 
 
 def render(template: str, row: dict, key: str) -> str:

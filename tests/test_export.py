@@ -1,0 +1,76 @@
+"""Adapters: PEFT loads our export and reproduces our logits; wrong bases are refused; round trips."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import build_model
+from softprompt.config import PromptConfig
+from softprompt.errors import SoftPromptError
+from softprompt.layers import PromptEmbedding
+from softprompt.model import SoftPromptModel, initial_prompt
+
+
+def trained_like(family, tokenizer, path, seed=0):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if family == "t5" else AutoModelForCausalLM
+    base = auto.from_pretrained(path)
+    prompt = initial_prompt(PromptConfig(num_virtual_tokens=5), base, tokenizer, seed) + 0.3 * torch.randn(5, 32)
+    return SoftPromptModel(base, PromptEmbedding(prompt), tokenizer, base_name=path)
+
+
+def test_peft_loads_export_and_reproduces_logits(saved_model, tokenizer, tmp_path):
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    path = saved_model("llama")
+    ours = trained_like("llama", tokenizer, path)
+    out = ours.save_adapter(tmp_path / "adapter")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "PROMPT_TUNING" and cfg["num_transformer_submodules"] == 1
+    pm = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), str(out)).eval()
+    ids = torch.tensor([tokenizer("the cat sat on the mat")["input_ids"]])
+    with torch.no_grad():
+        theirs = pm(input_ids=ids).logits[:, 5:]  # PEFT returns virtual positions too
+        mine = ours(ids).logits
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_round_trip_and_serving_bundle(saved_model, tokenizer, tmp_path):
+    path = saved_model("llama")
+    ours = trained_like("llama", tokenizer, path)
+    out = ours.save_adapter(tmp_path / "adapter")
+    back = SoftPromptModel.from_adapter(out)  # base loaded from the path recorded in the adapter
+    assert torch.equal(back.prompt.prompt, ours.prompt.prompt)
+    assert back.generate(["apple =", "the"], max_new_tokens=4) == ours.generate(["apple =", "the"], max_new_tokens=4)
+    serving = json.loads((out / "serving" / "serving_meta.json").read_text())
+    assert serving["num_virtual_tokens"] == 5 and serving["hidden_size"] == 32
+    assert not list(tmp_path.glob(".adapter*"))  # no temp dirs left behind
+
+
+def test_seq2seq_export_loads_in_peft(saved_model, tokenizer, tmp_path):
+    import peft
+    from transformers import AutoModelForSeq2SeqLM
+
+    path = saved_model("t5")
+    ours = trained_like("t5", tokenizer, path)
+    out = ours.save_adapter(tmp_path / "adapter")
+    pm = peft.PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(path), str(out)).eval()
+    ids = torch.tensor([tokenizer("the cat sat")["input_ids"]])
+    labels = torch.tensor([tokenizer("red", add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        theirs = pm(input_ids=ids, labels=labels).logits
+        mine = ours(ids, labels=labels).logits
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_adapter_from_another_base_is_refused(saved_model, tokenizer, tmp_path):
+    ours = trained_like("llama", tokenizer, saved_model("llama"))
+    out = ours.save_adapter(tmp_path / "adapter")
+    other = build_model("llama", len(tokenizer), seed=123)  # same shapes, other weights
+    with pytest.raises(SoftPromptError, match="was trained on base model"):
+        SoftPromptModel.from_adapter(out, base=other, tokenizer=tokenizer)
+    with pytest.raises(SoftPromptError, match="not an adapter dir"):
+        SoftPromptModel.from_adapter(tmp_path)

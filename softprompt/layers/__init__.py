@@ -4,8 +4,8 @@
 module (e.g. DePT's low-rank update) from its sidecar without knowing the method.
 """
 
-from softprompt.layers.prompt_embedding import PromptEmbedding, TokenOffset
+from softprompt.layers.prompt_embedding import PromptEmbedding, TokenOffset, apply_offset
 
 OFFSETS: dict[str, type] = {}
 
-__all__ = ["OFFSETS", "PromptEmbedding", "TokenOffset"]
+__all__ = ["OFFSETS", "PromptEmbedding", "TokenOffset", "apply_offset"]

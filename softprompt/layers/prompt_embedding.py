@@ -19,9 +19,24 @@ from torch import nn
 
 
 class TokenOffset(Protocol):
-    """A module adding a delta to the embeddings of the real tokens: (B, L) mask -> (B, L, D)."""
+    """An nn.Module adding one of its `rows` to each token's embedding (DePT's `gamma * A @ B`).
 
-    def __call__(self, attention_mask: torch.Tensor) -> torch.Tensor: ...
+    Split in two so a fused kernel can do the gather and the add in one pass: `rows()` is the (s, D)
+    fp32 offset matrix, `index(mask)` the (B, L) row each token takes (-1: none, e.g. padding).
+    `describe()` returns `{"type": <key in layers.OFFSETS>, **constructor kwargs}` for adapters.
+    """
+
+    def rows(self) -> torch.Tensor: ...
+
+    def index(self, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+    def describe(self) -> dict: ...
+
+
+def apply_offset(embeds: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """embeds (B, L, D) + rows[index] where index >= 0. The reference the fused kernel must equal."""
+    delta = rows.to(embeds.dtype)[index.clamp(min=0)]  # (B, L, D)
+    return embeds + delta * (index >= 0).unsqueeze(-1).to(embeds.dtype)
 
 
 class PromptEmbedding(nn.Module):
@@ -46,7 +61,7 @@ class PromptEmbedding(nn.Module):
     ) -> torch.Tensor:
         embeds = table(input_ids)  # (B, L, D)
         if self.offset is not None:
-            embeds = embeds + self.offset(attention_mask).to(embeds.dtype)
+            embeds = apply_offset(embeds, self.offset.rows(), self.offset.index(attention_mask))
         return embeds
 
     def forward(

@@ -31,6 +31,8 @@ def cmd_train(args) -> int:
     recipe, overrides = _recipe_and_overrides(args.items)
     cfg = load_config(recipe, overrides)
     result = train(cfg, resume=args.resume)
+    if not _main_process():
+        return 0
     summary = {
         "adapter": str(result.adapter_dir), "steps": result.steps, "trainable_parameters": result.trainable_parameters,
         "before": result.before, "best_eval": result.best, "test": result.test,
@@ -47,6 +49,8 @@ def cmd_demo(args) -> int:
     cfg = load_config(None, ["train.run_name=demo", *args.overrides])
     print("softprompt demo: tuning a soft prompt on the bundled causal LM (softprompt/data/demo)")
     result = train(cfg, resume=False)
+    if not _main_process():
+        return 0
     before = result.before.get("eval_accuracy")
     after = result.test.get("test_accuracy", result.best.get("eval_accuracy"))
     print(f"\ntrainable parameters: {result.trainable_parameters:,} (the prompt: "
@@ -100,6 +104,12 @@ def cmd_export(args) -> int:
     load_trainable_state(model, load_file(str(ckpt / "trainable.safetensors")))
     print(model.save_adapter(args.out, method=cfg.method.name))
     return 0
+
+
+def _main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
 
 
 def parser() -> argparse.ArgumentParser:

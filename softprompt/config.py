@@ -55,6 +55,10 @@ class DataConfig:
     test_split: str | None = "test"
     source_template: str = "{source}"  # str.format over the row's columns
     target_template: str = "{target}"
+    # Class-index columns to words for text-to-text: with label_names set, templates can use
+    # {label_name} = label_names[row[label_column]] (e.g. GLUE's 0/1 -> negative/positive).
+    label_column: str = "label"
+    label_names: tuple[str, ...] = ()
     max_length: int = 256  # source + target tokens (causal) / source tokens (seq2seq, encoder)
     max_target_length: int = 32
     # source_left: drop the source's oldest tokens; source_right: drop its last tokens;

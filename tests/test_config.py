@@ -61,3 +61,14 @@ def test_bad_recipe_files(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(bad)
+
+
+ACCELERATE = sorted((Path(__file__).parent.parent / "recipes" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("launch_cfg", ACCELERATE, ids=lambda p: p.name)
+def test_accelerate_launch_configs_parse(launch_cfg):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(launch_cfg))  # accelerate's own reader for `--config_file`
+    assert cfg.num_processes >= 2 and str(cfg.distributed_type).split(".")[-1] in {"MULTI_GPU", "FSDP", "DEEPSPEED"}

@@ -75,6 +75,18 @@ def render(template: str, row: dict, key: str) -> str:
         ) from None
 
 
+def with_label_name(row: dict, data_cfg) -> dict:
+    if not data_cfg.label_names:
+        return row
+    value = row.get(data_cfg.label_column)
+    if not isinstance(value, int) or not 0 <= value < len(data_cfg.label_names):
+        raise SoftPromptError(
+            f"data.label_names: column {data_cfg.label_column!r} holds {value!r}, not an index into "
+            f"{len(data_cfg.label_names)} label names; fix data.label_column or data.label_names"
+        )
+    return {**row, "label_name": data_cfg.label_names[value]}
+
+
 def encode_rows(rows, tokenizer, data_cfg, kind: str, split: str) -> list[dict]:
     """Template and tokenize every row. Causal rows are `source + target` with labels on the target
     only; seq2seq rows keep them apart. Every row also keeps `source_ids` and the target text for
@@ -88,6 +100,7 @@ def encode_rows(rows, tokenizer, data_cfg, kind: str, split: str) -> list[dict]:
     bos = tokenizer.bos_token_id
     out = []
     for i, row in enumerate(rows):
+        row = with_label_name(row, data_cfg)
         source = render(data_cfg.source_template, row, "source_template")
         target = render(data_cfg.target_template, row, "target_template")
         src = tokenizer(source)["input_ids"]

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up .venv for softprompt on a machine with only python3 and pip.
+#   bash scripts/setup.sh          # runtime
+#   bash scripts/setup.sh test     # + test extras (pytest, triton for the kernel parity tests)
+# torch: an already-installed torch (e.g. a CUDA build in the system Python) is kept: the venv then
+# sees the system site-packages. Otherwise the pinned CPU build is taken (torch==2.13.0 resolves to
+# the CPU wheel where one is provided locally; a bare `torch` would pull several GB of CUDA packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+venv=.venv
+if [ ! -x "$venv/bin/python" ]; then
+  if python3 -c "import torch" 2>/dev/null; then
+    echo "setup: keeping the installed torch $(python3 -c 'import torch; print(torch.__version__)')"
+    python3 -m venv --system-site-packages "$venv"
+  else
+    python3 -m venv "$venv"
+  fi
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  echo "setup: installing torch (CPU build)"
+  "${pip[@]}" install "torch==2.13.0" 2>&1 | grep -v "is ignored" || "${pip[@]}" install torch
+fi
+target="."
+[ -n "$extra" ] && target=".[$extra]"
+echo "setup: installing softprompt${extra:+ [$extra]} into $venv"
+"${pip[@]}" install -e "$target" 2>&1 | grep -v "is ignored" || true
+"$venv/bin/python" -c "import softprompt, torch; print('setup: softprompt', softprompt.__version__, '| torch', torch.__version__)"

@@ -17,13 +17,14 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
   fi
 fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+# pip, minus the registry mirror's "Location ... is ignored" chatter; its exit status is kept
+pipq() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "is ignored" || true; }; }
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   echo "setup: installing torch (CPU build)"
-  "${pip[@]}" install "torch==2.13.0" 2>&1 | grep -v "is ignored" || "${pip[@]}" install torch
+  pipq install "torch==2.13.0" || pipq install torch
 fi
 target="."
 [ -n "$extra" ] && target=".[$extra]"
 echo "setup: installing softprompt${extra:+ [$extra]} into $venv"
-"${pip[@]}" install -e "$target" 2>&1 | grep -v "is ignored" || true
+pipq install -e "$target"
 "$venv/bin/python" -c "import softprompt, torch; print('setup: softprompt', softprompt.__version__, '| torch', torch.__version__)"

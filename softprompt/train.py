@@ -85,7 +85,7 @@ def train(cfg: Config, resume: bool = False) -> RunResult:
         start_fresh(run_dir, cfg)
     accelerator.wait_for_everyone()
     if tc.trackers:  # only now: bad input must fail before anything is written
-        accelerator.init_trackers(tc.run_name, config=flat(to_dict(cfg)))
+        accelerator.init_trackers(tc.run_name, config=flat(to_dict(cfg)), init_kwargs=tracker_kwargs(tc, run_dir))
     metrics_file = run_dir / "metrics.jsonl"
     n_params = model.trainable_parameters()
     accelerator.print(f"trainable parameters: {n_params:,} (base frozen: {sum(p.numel() for p in base.parameters()):,})")
@@ -177,11 +177,6 @@ def build_accelerator(cfg: Config, run_dir: Path):
     from accelerate import Accelerator
 
     trackers = list(cfg.train.trackers)
-    if "wandb" in trackers and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-        os.environ["WANDB_MODE"] = "offline"  # no key: log locally, sync later with `wandb sync`
-    if "wandb" in trackers:
-        os.environ.setdefault("WANDB_DIR", str(run_dir))
-        os.environ.setdefault("WANDB_SILENT", "true")
     if os.environ.get("WORLD_SIZE", "1") == "1":
         from accelerate.state import AcceleratorState
 
@@ -199,6 +194,16 @@ def build_accelerator(cfg: Config, run_dir: Path):
         raise SoftPromptError(f"launcher started {expected} processes but accelerate sees {accelerator.num_processes}; "
                               "launch with `accelerate launch --multi_gpu --num_processes N` or torchrun")
     return accelerator
+
+
+def tracker_kwargs(tc, run_dir: Path) -> dict:
+    """wandb logs into the run dir, offline when there is no API key (sync later with `wandb sync`)."""
+    if "wandb" not in tc.trackers:
+        return {}
+    wandb = {"dir": str(run_dir), "settings": {"silent": True}}
+    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        wandb["mode"] = "offline"
+    return {"wandb": wandb}
 
 
 def flat(d: dict, prefix: str = "") -> dict:

@@ -110,3 +110,15 @@ def test_bf16_mixed_precision_runs(saved_model, task, tmp_path):
 def test_seq2seq_training(saved_model, task, tmp_path):
     result = train(load_config(None, overrides(saved_model("t5"), task, tmp_path / "out", **{"train.max_steps": 3})))
     assert result.model.kind == "seq2seq" and result.test["test_loss"] > 0
+
+
+@pytest.mark.slow
+def test_trackers_wandb_offline_and_tensorboard(saved_model, task, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    run(saved_model, task, tmp_path / "out", **{"train.trackers": "[wandb, tensorboard]", "train.max_steps": 3})
+    run_dir = tmp_path / "out" / "t"
+    assert list(run_dir.rglob("events.out.tfevents.*")), "no tensorboard event file"
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline and list(offline[0].glob("*.wandb")), "no offline wandb run"

@@ -122,3 +122,11 @@ def test_trackers_wandb_offline_and_tensorboard(saved_model, task, tmp_path, mon
     assert list(run_dir.rglob("events.out.tfevents.*")), "no tensorboard event file"
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline and list(offline[0].glob("*.wandb")), "no offline wandb run"
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(saved_model, task, tmp_path):
+    plain = grad_norm_at_step_one(saved_model, task, tmp_path / "a")
+    checkpointed = grad_norm_at_step_one(saved_model, task, tmp_path / "b", **{"train.gradient_checkpointing": "true"})
+    assert checkpointed == pytest.approx(plain, rel=1e-5)
+    result = run(saved_model, task, tmp_path / "c", **{"train.gradient_checkpointing": "true", "train.max_steps": 1})
+    assert result.model.base.is_gradient_checkpointing

@@ -1,8 +1,9 @@
-"""Command line: `softprompt train|demo|eval|generate|export`.
+"""Command line: `softprompt train|demo|eval|generate|export|budget`.
 
     softprompt demo                                   # the embedded default, offline, ~1-2 min on CPU
     softprompt train recipes/debug/tiny-causal.yaml train.max_steps=20 --resume
     softprompt generate checkpoints/demo/final "kiwi ="
+    softprompt budget --d 768 --s 256 --l 100        # DePT (m, r) pairs at a vanilla prompt's budget
     accelerate launch -m softprompt train RECIPE.yaml
 
 Bad input exits with code 2 and one line saying what is wrong and how to fix it; no traceback.
@@ -106,6 +107,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_budget(args) -> int:
+    """DePT's (m, r) pairs within a vanilla prompt's parameter budget l*d."""
+    from softprompt.methods.dept import format_budget
+
+    print(format_budget(args.d, args.s, args.l, args.step))
+    return 0
+
+
 def _main_process() -> bool:
     import os
 
@@ -136,6 +145,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("budget", help="DePT: (prompt length m, rank r) pairs within a vanilla prompt's parameter budget")
+    p.add_argument("--d", type=int, required=True, help="hidden size of the base model (768 for T5-base)")
+    p.add_argument("--s", type=int, required=True, help="DePT offset length, the max input length (256 in the paper)")
+    p.add_argument("--l", type=int, required=True, help="vanilla prompt length whose budget l*d is matched (100)")
+    p.add_argument("--step", type=int, default=10, help="list every step-th prompt length m (default 10)")
+    p.set_defaults(fn=cmd_budget)
     return ap
 
 

@@ -92,9 +92,18 @@ def _write_serving(model, prompt: torch.Tensor, out: Path) -> None:
         "dtype": str(dtype).removeprefix("torch."),
         "layout": "prepend_before_bos",  # the prompt precedes every token, BOS included
         "embedding_space": "input_embeddings",  # same space as base.get_input_embeddings()(ids); no scaling applied
-        "token_offset": model.prompt.offset is not None,  # True: tokens also need the offset (softprompt.json)
+        "token_offset": model.prompt.offset is not None,  # True: tokens also need the offset (token_offset.*)
         "recipe": "ids = tokenizer(text); x = cat([prompt_embeds, embed(ids)]); send x as prompt_embeds",
     }
+    offset = model.prompt.offset
+    if offset is not None:  # e.g. DePT: row index[i] of these rows is added to token i's embedding
+        with torch.no_grad():
+            rows = offset.rows().detach().to(dtype).cpu().contiguous()  # (s, d)
+        save_file({"rows": rows}, str(out / "token_offset.safetensors"))
+        meta["token_offset_spec"] = offset.describe()
+        meta["recipe"] = ("ids = tokenizer(text); e = embed(ids); e[j] += rows[j] for the j-th token, j < s "
+                          "(DePT with fixed_length and padding_side left: rows[s - n + j], n tokens); "
+                          "x = cat([prompt_embeds, e]); send x as prompt_embeds")
     (out / "serving_meta.json").write_text(json.dumps(meta, indent=2))
 
 
@@ -128,9 +137,12 @@ def check_base(meta: dict, base, where: str) -> None:
 
 def load_adapter(adapter_dir: str | Path, base=None, tokenizer=None):
     from softprompt.layers import OFFSETS, PromptEmbedding
+    from softprompt.methods import dept
     from softprompt.model import SoftPromptModel, detect_kind, load_base
 
     path = Path(adapter_dir)
+    if dept.is_official(path):  # saved by the official DePT code (PEFT fork, PROMPT_TUNING_LORA)
+        return dept.load_official(path, base=base, tokenizer=tokenizer)
     meta = read_sidecar(path)
     kind = meta.get("kind")
     if base is None:

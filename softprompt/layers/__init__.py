@@ -4,8 +4,11 @@
 module (e.g. DePT's low-rank update) from its sidecar without knowing the method.
 """
 
+from softprompt.layers.dept import DeptOffset
 from softprompt.layers.prompt_embedding import PromptEmbedding, TokenOffset, apply_offset
 
-OFFSETS: dict[str, type] = {}
+OFFSETS: dict[str, type] = {
+    "dept": DeptOffset,
+}
 
-__all__ = ["OFFSETS", "PromptEmbedding", "TokenOffset", "apply_offset"]
+__all__ = ["OFFSETS", "DeptOffset", "PromptEmbedding", "TokenOffset", "apply_offset"]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from softprompt.methods import prompt_tuning
+from softprompt.methods import dept, prompt_tuning
 
 
 class Method(Protocol):
@@ -33,6 +33,7 @@ class MethodSpec:
 
 METHODS: dict[str, MethodSpec] = {
     "prompt_tuning": MethodSpec(prompt_tuning.PromptTuningConfig, prompt_tuning.build),
+    "dept": MethodSpec(dept.DeptConfig, dept.build),
 }
 
 

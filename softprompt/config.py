@@ -44,6 +44,9 @@ class PromptConfig:
     vocab_top_k: int = 5000
     seed: int | None = None  # init seed; None uses train.seed
     kernel: str = "auto"  # auto | torch | triton (the fused kernel, where available)
+    # Decoder-only models: run the prompt once per step and share its keys/values across the batch
+    # (softprompt/shared_prefix.py); auto falls back to concatenation where that is not exact.
+    execution: str = "auto"  # auto | shared_prefix | concat
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "prompt.init": ("vocab", "uniform", "text", "class_label", "file"),
     "prompt.kernel": ("auto", "torch", "triton"),
+    "prompt.execution": ("auto", "shared_prefix", "concat"),
     "data.truncation": ("source_left", "source_right", "error"),
     "optim.name": ("adamw", "adafactor"),
     "optim.scheduler": ("constant", "linear", "cosine"),

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softprompt import shared_prefix
 from softprompt.errors import SoftPromptError
 from softprompt.layers import PromptEmbedding
 
@@ -35,7 +36,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class SoftPromptOutput:
     logits: torch.Tensor | None = None  # (B, L, V) aligned with the input (decoder input for seq2seq)
-    hidden_states: torch.Tensor | None = None  # (B, L, D) last hidden state, encoders only
+    hidden_states: torch.Tensor | None = None  # (B, L, D) last hidden state (causal: with output_hidden_states)
     loss: torch.Tensor | None = None  # mean token cross-entropy over label tokens
     loss_sum: torch.Tensor | None = None  # summed cross-entropy, for normalising across accumulation
     num_tokens: torch.Tensor | None = None  # label tokens scored
@@ -134,7 +135,7 @@ def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tor
 
 class SoftPromptModel(nn.Module):
     def __init__(self, base: nn.Module, prompt: PromptEmbedding, tokenizer=None, kind: str | None = None,
-                 base_name: str | None = None):
+                 base_name: str | None = None, execution: str = "auto"):
         super().__init__()
         base.requires_grad_(False)
         self.base = base
@@ -146,6 +147,9 @@ class SoftPromptModel(nn.Module):
         self.base_name = base_name or getattr(base.config, "_name_or_path", None)
         self._use_positions = self.kind != "seq2seq" and _accepts(base, "position_ids")
         self._keep_logits = self.kind == "causal" and _accepts(base, "logits_to_keep")
+        self.execution = execution  # auto | shared_prefix | concat, resolved by execution_mode()
+        self._prompt_kv = shared_prefix.PromptKV()  # the prompt's cache for no-grad calls (eval, generate)
+        self.execution_mode()  # a forced mode that cannot run fails here, not at the first batch
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -157,8 +161,8 @@ class SoftPromptModel(nn.Module):
 
         base, tokenizer, kind = load_base(name_or_path, kind=kind, dtype=dtype)
         pcfg = PromptConfig(num_virtual_tokens=num_virtual_tokens, init=init, **prompt_kwargs)
-        prompt = PromptEmbedding(initial_prompt(pcfg, base, tokenizer, seed))
-        return cls(base, prompt, tokenizer, kind, name_or_path)
+        prompt = PromptEmbedding(initial_prompt(pcfg, base, tokenizer, seed), kernel=pcfg.kernel)
+        return cls(base, prompt, tokenizer, kind, name_or_path, execution=pcfg.execution)
 
     @classmethod
     def from_adapter(cls, adapter_dir: str | Path, base: nn.Module | None = None, tokenizer=None):
@@ -186,6 +190,11 @@ class SoftPromptModel(nn.Module):
     def device(self) -> torch.device:
         return self.prompt.prompt.device
 
+    def execution_mode(self) -> str:
+        """"shared_prefix" or "concat": the one place the causal execution path is chosen (it can change
+        when gradient checkpointing is switched on, so it is asked per call; see shared_prefix.choose)."""
+        return shared_prefix.choose(self.execution, self.base, self.kind)
+
     # -- forward -----------------------------------------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -196,13 +205,20 @@ class SoftPromptModel(nn.Module):
 
     def _causal(self, input_ids, attention_mask, labels, **kwargs) -> SoftPromptOutput:
         length = input_ids.shape[1]
-        embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D), (B, p+L)
-        extra = {"position_ids": positions_from_mask(mask)} if self._use_positions else {}
-        if self._keep_logits:
-            extra["logits_to_keep"] = length  # the LM head never sees the p virtual positions
-        out = self.base(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra, **kwargs)
-        logits = out.logits[:, -length:]  # (B, L, V); a no-op when logits_to_keep was honoured
+        if self.execution_mode() == "shared_prefix":  # the prompt runs once; only the L tokens run per row
+            tokens = self.prompt.token_embeds(input_ids, attention_mask, self.input_table)  # (B, L, D)
+            kv = self._prompt_kv.get(self.base, self.prompt.prompt, tokens.dtype)
+            out = shared_prefix.forward(self.base, kv, tokens, attention_mask, **kwargs)
+        else:
+            embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D), (B, p+L)
+            extra = {"position_ids": positions_from_mask(mask)} if self._use_positions else {}
+            if self._keep_logits:
+                extra["logits_to_keep"] = length  # the LM head never sees the p virtual positions
+            out = self.base(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra, **kwargs)
+        logits = out.logits[:, -length:]  # (B, L, V); a no-op unless logits_to_keep was ignored
         result = SoftPromptOutput(logits=logits)
+        if getattr(out, "hidden_states", None) is not None:
+            result.hidden_states = out.hidden_states[-1][:, -length:]  # (B, L, D), aligned (for pooling)
         if labels is not None:
             # The logit at position t predicts token t+1; the prompt's last position would predict the
             # first token, which is never a target (a target always follows its source).
@@ -265,12 +281,20 @@ class SoftPromptModel(nn.Module):
         else:
             input_ids = texts.to(self.device)
             attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
-        embeds, mask = self.prompted_inputs(input_ids, attention_mask)
         kwargs = {"max_new_tokens": 20, "do_sample": False}
         if self.tokenizer is not None:
             kwargs["pad_token_id"] = self.tokenizer.pad_token_id
         kwargs.update(generate_kwargs)
-        out = self.base.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        if self.kind == "causal" and self.execution_mode() == "shared_prefix":
+            # [prompt; pads; tokens]: the prompt's cache is computed once and shared by every call and row
+            input_ids, attention_mask = left_align(input_ids, attention_mask, mask=attention_mask)
+            embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D)
+            kv = self._prompt_kv.get(self.base, self.prompt.prompt, embeds.dtype)
+            prepared = shared_prefix.generation_inputs(kv, embeds, mask, kwargs, self.base.generation_config)
+        else:
+            embeds, mask = self.prompted_inputs(input_ids, attention_mask)
+            prepared = {"inputs_embeds": embeds, "attention_mask": mask}
+        out = self.base.generate(**prepared, **kwargs)
         if isinstance(inputs, torch.Tensor):
             return out
         decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)

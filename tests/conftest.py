@@ -57,7 +57,35 @@ def tiny_config(family: str, vocab_size: int):
     if family == "bert":
         return BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                           max_position_embeddings=256, vocab_size=vocab_size, pad_token_id=0)
+    if family in DECODER_FAMILIES:
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(family, **common, **DECODER_FAMILIES[family])
     raise ValueError(family)
+
+
+# More decoder-only families (HF model_type -> tiny sizes), for parity tests across architectures.
+_ROPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             head_dim=8, max_position_embeddings=256)
+DECODER_FAMILIES = {
+    **{name: _ROPE for name in ("qwen3", "phi3", "gemma", "starcoder2", "olmo2", "granite", "stablelm", "cohere",
+                                "smollm3", "phi")},
+    "gemma2": dict(_ROPE, sliding_window=4),  # sliding layers narrower than prompt + input
+    "gemma3_text": dict(_ROPE, sliding_window=4),
+    "mixtral": dict(_ROPE, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(_ROPE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=32),
+    "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     max_position_embeddings=256),
+    "gpt_bigcode": dict(n_embd=32, n_layer=2, n_head=4, n_positions=256),
+    "gptj": dict(n_embd=32, n_layer=2, n_head=4, n_positions=256, rotary_dim=4),
+    "opt": dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
+                word_embed_proj_dim=32),
+    "falcon": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=True,
+                   num_kv_heads=2),
+    "jamba": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2),  # hybrid attention + Mamba: no shared prefix
+}
 
 
 def build_model(family: str, vocab_size: int, seed: int = 0):

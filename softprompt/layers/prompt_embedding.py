@@ -17,6 +17,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from softprompt.layers import fused
+
 
 class TokenOffset(Protocol):
     """An nn.Module adding one of its `rows` to each token's embedding (DePT's `gamma * A @ B`).
@@ -40,10 +42,11 @@ def apply_offset(embeds: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) 
 
 
 class PromptEmbedding(nn.Module):
-    def __init__(self, prompt_init: torch.Tensor, offset: nn.Module | None = None):
+    def __init__(self, prompt_init: torch.Tensor, offset: nn.Module | None = None, kernel: str = "auto"):
         super().__init__()
         self.prompt = nn.Parameter(prompt_init.detach().float().clone())  # (p, D) fp32 master copy
         self.offset = offset
+        self.kernel = kernel  # auto | torch | triton: the fused kernel (layers/fused.py) or this torch path
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -59,6 +62,9 @@ class PromptEmbedding(nn.Module):
     def token_embeds(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module
     ) -> torch.Tensor:
+        if fused.enabled(self.kernel, table, self.prompt.device):
+            rows, index = self._offset_parts(attention_mask)
+            return fused.token_embeds(table.weight, input_ids, rows, index)  # (B, L, D)
         embeds = table(input_ids)  # (B, L, D)
         if self.offset is not None:
             embeds = apply_offset(embeds, self.offset.rows(), self.offset.index(attention_mask))
@@ -68,10 +74,19 @@ class PromptEmbedding(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Concatenation path: returns `[prompt; tokens]` (B, p+L, D) and its mask (B, p+L)."""
-        tokens = self.token_embeds(input_ids, attention_mask, table)  # (B, L, D)
-        batch = tokens.shape[0]
-        prompt = self.prompt_embeds(tokens.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, p, D)
-        embeds = torch.cat([prompt, tokens], dim=1)  # (B, p+L, D)
+        batch = input_ids.shape[0]
+        if fused.enabled(self.kernel, table, self.prompt.device):
+            rows, index = self._offset_parts(attention_mask)
+            embeds = fused.concat_embeds(self.prompt, table.weight, input_ids, rows, index)  # (B, p+L, D)
+        else:
+            tokens = self.token_embeds(input_ids, attention_mask, table)  # (B, L, D)
+            prompt = self.prompt_embeds(tokens.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, p, D)
+            embeds = torch.cat([prompt, tokens], dim=1)  # (B, p+L, D)
         ones = attention_mask.new_ones(batch, self.num_virtual_tokens)
         mask = torch.cat([ones, attention_mask], dim=1)  # (B, p+L)
         return embeds, mask
+
+    def _offset_parts(self, attention_mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.offset is None:
+            return None, None
+        return self.offset.rows(), self.offset.index(attention_mask)  # (s, D), (B, L)

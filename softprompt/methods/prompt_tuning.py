@@ -41,8 +41,9 @@ class PromptTuning:
             )
         init = initial_prompt(self.cfg.prompt, base, tokenizer, self.cfg.train.seed)
         offset = self.offset_factory(base) if self.offset_factory else None
-        layer = PromptEmbedding(init, offset=offset)
-        return SoftPromptModel(base, layer, tokenizer, kind, self.cfg.model.name_or_path)
+        layer = PromptEmbedding(init, offset=offset, kernel=self.cfg.prompt.kernel)
+        return SoftPromptModel(base, layer, tokenizer, kind, self.cfg.model.name_or_path,
+                               execution=self.cfg.prompt.execution)
 
     def param_groups(self, model) -> list[dict]:
         optim = self.cfg.optim

@@ -1,0 +1,100 @@
+"""Generation from the prompt's cached keys/values equals generation from the concatenated embeddings."""
+
+import pytest
+import torch
+
+from conftest import build_model
+from softprompt.config import PromptConfig
+from softprompt.layers import PromptEmbedding
+from softprompt.model import SoftPromptModel, initial_prompt
+from test_shared_prefix import TinyOffset
+
+TEXTS = ["the cat sat on the mat", "apple = red", "one two", "sky"]
+
+
+def pair(family, tokenizer, p=5, offset=False):
+    """The same prompt (and offset) behind a cached (shared-prefix) and an uncached (concat) model."""
+    base = build_model(family, len(tokenizer))
+    init = initial_prompt(PromptConfig(num_virtual_tokens=p), base, tokenizer, 0)
+    dim = init.shape[1]
+    state = TinyOffset(3, dim).state_dict() if offset else None
+    models = []
+    for execution in ["shared_prefix", "concat"]:
+        off = None
+        if offset:
+            off = TinyOffset(3, dim)
+            off.load_state_dict(state)
+        models.append(SoftPromptModel(base, PromptEmbedding(init, offset=off), tokenizer, execution=execution))
+    return models
+
+
+def encode(tokenizer, texts, side):
+    tokenizer.padding_side = side
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    tokenizer.padding_side = "right"
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def count_prompt_passes(model):
+    """Calls of the decoder body on the prompt alone (batch 1, p positions)."""
+    calls = []
+    p = model.prompt.num_virtual_tokens
+
+    def hook(module, args, kwargs, out):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and embeds.shape[:2] == (1, p):
+            calls.append(1)
+
+    return calls, model.base.base_model.register_forward_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_cached_equals_uncached(family, side, tokenizer):
+    cached, uncached = pair(family, tokenizer)
+    ids, mask = encode(tokenizer, TEXTS, side)
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, eos_token_id=None)
+    got = cached.generate(ids, mask, **kwargs)
+    want = uncached.generate(ids, mask, **kwargs)
+    assert got.shape == (len(TEXTS), 6)
+    assert torch.equal(got, want)
+
+
+def test_prompt_cache_is_computed_once_and_invalidated_by_updates(tokenizer):
+    cached, uncached = pair("llama", tokenizer, offset=True)
+    calls, handle = count_prompt_passes(cached)
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4, eos_token_id=None)
+    first = cached.generate(TEXTS, **kwargs)
+    second = cached.generate(TEXTS[:2], **kwargs)  # another call, another batch size
+    assert len(calls) == 1 and first[:2] == second
+    assert first == uncached.generate(TEXTS, **kwargs)
+    with torch.no_grad():  # an optimizer-like in-place update of the prompt
+        cached.prompt.prompt.mul_(-3.0)
+        uncached.prompt.prompt.mul_(-3.0)
+    third = cached.generate(TEXTS, **kwargs)
+    handle.remove()
+    assert len(calls) == 2 and third != first
+    assert third == uncached.generate(TEXTS, **kwargs)
+
+
+def test_cache_follows_the_prompt_through_load_state_dict(tokenizer):
+    cached, uncached = pair("gpt2", tokenizer)
+    ids, mask = encode(tokenizer, TEXTS, "left")
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4, eos_token_id=None)
+    cached.generate(ids, mask, **kwargs)
+    new_prompt = {"prompt": torch.randn_like(cached.prompt.prompt) * 3}
+    cached.prompt.load_state_dict(new_prompt)
+    uncached.prompt.load_state_dict(new_prompt)
+    assert torch.equal(cached.generate(ids, mask, **kwargs), uncached.generate(ids, mask, **kwargs))
+
+
+def test_beams_and_returned_sequences(tokenizer):
+    cached, uncached = pair("llama", tokenizer)
+    ids, mask = encode(tokenizer, TEXTS[:2], "left")
+    for kwargs in [dict(num_beams=3, num_return_sequences=2), dict(num_beams=2)]:
+        kwargs.update(max_new_tokens=4, min_new_tokens=4, eos_token_id=None)
+        got = cached.generate(ids, mask, **kwargs)
+        assert torch.equal(got, uncached.generate(ids, mask, **kwargs))
+    torch.manual_seed(0)
+    sampled = cached.generate(ids, mask, do_sample=True, num_return_sequences=3, max_new_tokens=3)
+    assert sampled.shape[0] == 6

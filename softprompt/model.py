@@ -222,7 +222,9 @@ class SoftPromptModel(nn.Module):
         if labels is not None:
             # The logit at position t predicts token t+1; the prompt's last position would predict the
             # first token, which is never a target (a target always follows its source).
-            result.loss_sum, result.num_tokens = token_cross_entropy(logits[:, :-1], labels[:, 1:])
+            # Labels move left rather than logits being sliced: slicing (B, L, V) would copy it, forward and back.
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, L): targets[:, t] = labels[:, t+1]
+            result.loss_sum, result.num_tokens = token_cross_entropy(logits, targets)
             result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
         return result
 

@@ -53,10 +53,10 @@ VERIFIED = frozenset({
 _logged: set[str] = set()
 
 
-def _log_once(message: str) -> None:
+def _log_once(message: str, level: int = logging.INFO) -> None:
     if message not in _logged:
         _logged.add(message)
-        log.info(message)
+        log.log(level, message)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -73,7 +73,9 @@ def choose(requested: str, base: nn.Module, kind: str) -> str:
     if blocker is not None:
         if requested == "shared_prefix":
             raise SoftPromptError(f"prompt.execution: shared_prefix cannot run here: {blocker}; use auto or concat")
-        _log_once(f"shared-prefix execution off, using concatenation: {blocker}")
+        # a decoder losing the fast path (e.g. to gradient checkpointing) is worth a warning
+        _log_once(f"shared-prefix execution off, using concatenation: {blocker}",
+                  logging.WARNING if kind == "causal" else logging.INFO)
         return "concat"
     model_type = getattr(base.config, "model_type", None)
     if requested == "auto" and model_type not in VERIFIED:

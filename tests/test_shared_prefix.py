@@ -209,3 +209,21 @@ def test_method_threads_execution(tokenizer):
     cfg = load_config(overrides=["prompt.execution=concat", "prompt.num_virtual_tokens=3"])
     model = build_method(cfg).build_model(build_model("llama", len(tokenizer)), tokenizer, "causal")
     assert model.execution == "concat" and model.execution_mode() == "concat"
+
+
+def test_bf16_autocast_stays_close():
+    """Under bf16 autocast both paths round differently; they must still agree to bf16 precision."""
+    base = build_model("llama", VOCAB)
+    ids, mask, labels = batch("left")
+    prompt = torch.randn(5, 32) * 0.5
+    losses = {}
+    for execution in ["shared_prefix", "concat"]:
+        model = SoftPromptModel(base, PromptEmbedding(prompt), execution=execution)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids, mask, labels=labels)
+        out.loss.backward()
+        losses[execution] = (out.loss.detach().float(), model.prompt.prompt.grad)
+        assert model.prompt.prompt.grad.dtype == torch.float32  # the master copy stays fp32
+    (loss_s, grad_s), (loss_c, grad_c) = losses.values()
+    torch.testing.assert_close(loss_s, loss_c, rtol=2e-2, atol=0)
+    assert torch.nn.functional.cosine_similarity(grad_s.flatten(), grad_c.flatten(), dim=0) > 0.99

@@ -118,7 +118,7 @@ def train_tokenizer(lines: list[str], vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -192,7 +192,7 @@ def main():
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--intermediate", type=int, default=384)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--unmarked-reps", type=int, default=2)
@@ -214,8 +214,9 @@ def main():
     lines = build_corpus(nouns, facts, args.seed, args.unmarked_reps, args.marked_reps, args.list_reps, args.filler)
     task = build_task(nouns, facts)
     out: Path = args.out
-    if out.exists():
-        shutil.rmtree(out)
+    for old in ("model", "task"):  # README.md and anything else in `out` are kept
+        if (out / old).exists():
+            shutil.rmtree(out / old)
     (out / "task").mkdir(parents=True)
     (out / "corpus.txt").write_text("\n".join(lines) + "\n")
     for split, rows in task.items():
@@ -300,6 +301,8 @@ def main():
                                                pad_token_id=tok.pad_token_id, do_sample=False, max_new_tokens=8)
     model.save_pretrained(out / "model", safe_serialization=True)
     tok.save_pretrained(out / "model")
+    for f in out.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)  # save_pretrained may write 0600 files
     print(f"saved to {out} in {time.time() - t0:.0f}s")
 
 

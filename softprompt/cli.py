@@ -47,12 +47,15 @@ def cmd_demo(args) -> int:
     from softprompt.config import load_config
     from softprompt.train import train
 
-    cfg = load_config(None, ["train.run_name=demo", *args.overrides])
+    # AdamW at 0.1 with a short warmup and linear decay: the demo's 1M-parameter model has small
+    # embeddings, and 0.003 reaches only ~55% in 300 steps (softprompt/data/demo/README.md).
+    demo = ["train.run_name=demo", "optim.lr=0.1", "optim.scheduler=linear", "optim.warmup_steps=10"]
+    cfg = load_config(None, [*demo, *args.overrides])
     print("softprompt demo: tuning a soft prompt on the bundled causal LM (softprompt/data/demo)")
     result = train(cfg, resume=False)
     if not _main_process():
         return 0
-    before = result.before.get("eval_accuracy")
+    before = result.before.get("test_accuracy", result.before.get("eval_accuracy"))
     after = result.test.get("test_accuracy", result.best.get("eval_accuracy"))
     print(f"\ntrainable parameters: {result.trainable_parameters:,} (the prompt: "
           f"{cfg.prompt.num_virtual_tokens} x {result.trainable_parameters // cfg.prompt.num_virtual_tokens})")

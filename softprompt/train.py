@@ -100,6 +100,9 @@ def train(cfg: Config, resume: bool = False) -> RunResult:
 
     if loop["step"] == 0 and eval_items:
         loop["before"] = method.evaluate(model, eval_items, tc.eval_batch_size)
+        if "test" in items:  # the held-out numbers a user compares the final adapter against
+            loop["before"].update({k.replace("eval_", "test_"): v
+                                   for k, v in method.evaluate(model, items["test"], tc.eval_batch_size).items()})
         record(loop["before"], 0)
         accelerator.print("before training: " + fmt(loop["before"]))
 

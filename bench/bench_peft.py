@@ -272,8 +272,8 @@ def markdown(results: dict, command: str) -> str:
         f"Command: `{command}`",
         "",
         f"{env['date']}; torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}; "
-        f"{env['device']}, {env['threads']} threads; load average {env['load_before']} before, {env['load_after']} after "
-        "(other jobs shared the machine: timings are medians of alternating steps).",
+        f"{env['device']}, {env['threads']} torch thread(s); 1-minute load average {env['load_before']:.1f} before, "
+        f"{env['load_after']:.1f} after (other jobs shared the machine; timings are medians of alternating steps).",
         "",
         "Step = forward + backward + AdamW on the prompt (floor: forward + backward to the input embeddings, no "
         "prompt). Throughput = real tokens (B x L) per second. Peak = memory one step adds at its peak "
@@ -281,8 +281,9 @@ def markdown(results: dict, command: str) -> str:
         "keeps for backward, frozen weights excluded. Loss = first step, same prompt in both.",
         "",
         "| config | dtype | B | p | L | softprompt s/step | PEFT s/step | floor s/step | tok/s softprompt | tok/s PEFT "
-        "| speedup vs PEFT | vs floor | peak MiB sp / PEFT / floor | saved MiB sp / PEFT / floor | loss sp / PEFT |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| speedup vs PEFT | ceiling: PEFT / floor | softprompt / floor | peak MiB sp / PEFT / floor "
+        "| saved MiB sp / PEFT / floor | loss sp / PEFT |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for point in results["points"]:
         t = point["time"]
@@ -293,8 +294,13 @@ def markdown(results: dict, command: str) -> str:
         lines.append(
             f"| {point['config']} | {point['dtype']} | {point['batch']} | {point['p']} | {point['length']} "
             f"| {sp['step_s']:.3f} | {pf['step_s']:.3f} | {fl['step_s']:.3f} | {sp['tokens_per_s']:,.0f} "
-            f"| {pf['tokens_per_s']:,.0f} | {pf['step_s'] / sp['step_s']:.2f}x | {sp['step_s'] / fl['step_s']:.2f}x "
+            f"| {pf['tokens_per_s']:,.0f} | {pf['step_s'] / sp['step_s']:.2f}x | {pf['step_s'] / fl['step_s']:.2f}x "
+            f"| {sp['step_s'] / fl['step_s']:.2f}x "
             f"| {peak} | {saved} | {sp['loss_first']:.6f} / {pf['loss_first']:.6f} |")
+    lines += ["", "The ceiling column is the largest speedup over PEFT that any prompt method can reach on that point: "
+              "the floor is a prompt of length 0. Work per step is B(p+L) token passes for PEFT, p + BL for "
+              "softprompt (the prompt once, at batch 1) and BL for the floor; the tokens still attend to the p "
+              "prompt keys, which the floor does not."]
     targets = results.get("targets")
     if targets:
         lines += ["", "Targets on the headline point of the 100M CPU config (B 16, p 100, L 128):", ""]
@@ -330,6 +336,7 @@ def main(argv=None) -> None:
     parser.add_argument("--headline-only", action="store_true", help="skip the batch / prompt-length sweep")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--render", default=None, help="rewrite peft.md from a results JSON, measuring nothing")
     parser.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_point", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -338,6 +345,10 @@ def main(argv=None) -> None:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
     configs = (args.configs or ("1b" if args.device == "cuda" else "10m,100m")).split(",")
 
+    if args.render:  # the table again from a results file (no measurement)
+        results = json.loads(Path(args.render).read_text())
+        (Path(args.out) / "peft.md").write_text(markdown(results, results["command"]))
+        return
     if args._memory:  # child: one memory measurement
         batch, p, length = map(int, args._point.split(","))
         child = memory_child_cuda if args.device == "cuda" else memory_child_cpu

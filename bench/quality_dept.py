@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Small-scale quality check of DePT on the embedded demo task (softprompt/data/demo).
 
-    /work/venv/bin/python bench/quality_dept.py                       # ~15-25 min on 2 CPU cores
-    /work/venv/bin/python bench/quality_dept.py --seeds 0 --steps 60  # a quick look
+    /work/venv/bin/python bench/quality_dept.py                                    # ~2 min on 2 CPU cores
+    /work/venv/bin/python bench/quality_dept.py --seeds 0 1 2 3 4 --steps 50 --tag 50steps  # short budget
 
 Question (research/methods.md §2.7): at a matched parameter budget, does DePT (a short m-token prompt
 plus a rank-r offset) reach at least the accuracy of prompt tuning with the same short prompt m? The
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--s", type=int, default=16)
     ap.add_argument("--offset-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--tag", default="", help="suffix of the result files: dept_quality_<tag>.{json,md}")
     args = ap.parse_args()
 
     configs = {f"PT(m={args.m})": {"prompt.num_virtual_tokens": args.m}}
@@ -79,7 +80,8 @@ def main() -> None:
                         "eval_mean": statistics.mean(r["eval_accuracy"] for r in mine)})
     command = "/work/venv/bin/python bench/quality_dept.py " + " ".join(sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dept_quality.json").write_text(json.dumps(
+    stem = f"dept_quality_{args.tag}" if args.tag else "dept_quality"
+    (args.out / f"{stem}.json").write_text(json.dumps(
         {"command": command.strip(), "steps": args.steps, "seeds": args.seeds, "summary": summary, "runs": rows}, indent=2))
     lines = [f"# DePT vs prompt tuning on the embedded demo task (`{command.strip()}`)", "",
              f"Demo causal LM (d=128), {args.steps} steps, seeds {args.seeds}; test exact-match accuracy of the adapter "
@@ -89,7 +91,7 @@ def main() -> None:
     for s in summary:
         lines.append(f"| {s['name']} | {s['trainable']:,} | {s['test_mean']:.1%} | {s['test_min']:.1%}..{s['test_max']:.1%} | "
                      f"{', '.join(f'{t:.1%}' for t in s['tests'])} | {s['eval_mean']:.1%} |")
-    (args.out / "dept_quality.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

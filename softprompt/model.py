@@ -6,7 +6,7 @@ where the prompt goes and how outputs are brought back in line with the input:
 - causal: the prompt precedes the tokens; `position_ids` come from the mask so left-, right- and
   un-padded rows agree; only the real positions reach the LM head (`logits_to_keep`).
 - seq2seq: the prompt goes on the encoder only (Lester et al. §4); the decoder is untouched.
-- encoder: the prompt precedes the tokens; outputs for virtual positions are dropped.
+- encoder: the prompt precedes the tokens; the body's outputs for virtual positions are dropped before a head runs.
 
 Outputs are always aligned with `input_ids`: no logits or hidden states for virtual positions.
 """
@@ -89,6 +89,18 @@ def load_base(name_or_path: str, kind: str = "auto", dtype: str = "float32", rev
 
 # ---------------------------------------------------------------------------------------------------
 # Row layout helpers
+
+
+def _drop_virtual_rows(p: int):
+    """Forward hook for an encoder body: its sequence output (B, p+L, D) -> (B, L, D), pooled output kept."""
+
+    def hook(module, args, out):
+        if isinstance(out, tuple):
+            return (out[0][:, p:],) + tuple(out[1:])
+        out.last_hidden_state = out.last_hidden_state[:, p:]  # ModelOutput keeps item and attribute in sync
+        return out
+
+    return hook
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -246,10 +258,19 @@ class SoftPromptModel(nn.Module):
         order, (input_ids, attention_mask) = right_align(input_ids, attention_mask, mask=attention_mask)
         embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D)
         extra = {"position_ids": positions_from_mask(mask)} if self._use_positions else {}
-        out = self.base(inputs_embeds=embeds, attention_mask=mask, **extra, **kwargs)
+        body = self.base.base_model
+        # A head model (e.g. BertForMaskedLM): the body's output loses its p virtual rows before the head
+        # runs, so the head computes (B, L, ...) only. A bare body (AutoModel) is sliced after.
+        trim = body.register_forward_hook(_drop_virtual_rows(p)) if body is not self.base else None
+        try:
+            out = self.base(inputs_embeds=embeds, attention_mask=mask, **extra, **kwargs)
+        finally:
+            if trim is not None:
+                trim.remove()
+        keep = slice(None) if trim is not None else slice(p, None)
         result = SoftPromptOutput()
         if getattr(out, "logits", None) is not None:
-            result.logits = _undo_order(out.logits[:, p:], order)  # (B, L, V) in the input's order
+            result.logits = _undo_order(out.logits[:, keep], order)  # (B, L, V) in the input's order
         if getattr(out, "last_hidden_state", None) is not None:
             result.hidden_states = _undo_order(out.last_hidden_state[:, p:], order)  # (B, L, D)
         if labels is not None and result.logits is not None:

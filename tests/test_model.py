@@ -92,6 +92,21 @@ def test_lm_head_never_sees_virtual_positions(family, tokenizer):
     assert rows == [ids.shape[1]]
 
 
+def test_encoder_head_never_sees_virtual_positions(tokenizer):
+    model = wrap("bert", tokenizer, p=6)  # BertForMaskedLM: body + MLM head
+    ids, mask = encode(tokenizer, TEXTS, "right")
+    rows = []
+    hook = model.base.cls.register_forward_hook(lambda m, a, out: rows.append(a[0].shape[1]))
+    with torch.no_grad():
+        got = model(ids, mask).logits
+        embeds, full_mask = model.prompt(ids, mask, model.input_table)  # (B, p+L, D): the plain concatenation
+        pos = (full_mask.cumsum(1) - 1).clamp(min=0)
+        want = model.base(inputs_embeds=embeds, attention_mask=full_mask, position_ids=pos).logits[:, 6:]
+    hook.remove()
+    assert rows == [ids.shape[1], ids.shape[1] + 6]  # ours: L rows; the plain call: p + L
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_only_prompt_gets_gradients(tokenizer):
     model = wrap("llama", tokenizer)
     ids, mask = encode(tokenizer, TEXTS, "right")

@@ -2,7 +2,7 @@
 
     softprompt demo                                   # the embedded default, offline, ~1-2 min on CPU
     softprompt train recipes/debug/tiny-causal.yaml train.max_steps=20 --resume
-    softprompt generate checkpoints/demo/final "kiwi ="
+    softprompt generate checkpoints/demo/final "fulusheel ="
     softprompt budget --d 768 --s 256 --l 100        # DePT (m, r) pairs at a vanilla prompt's budget
     accelerate launch -m softprompt train RECIPE.yaml
 

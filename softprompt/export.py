@@ -15,6 +15,7 @@ Writes are atomic (temp dir + rename); loading never unpickles.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -22,6 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from softprompt.checkpoint import atomic_dir, commit
 from softprompt.errors import SoftPromptError
+
+log = logging.getLogger(__name__)
 
 SIDECAR = "softprompt.json"
 EXTRA = "softprompt_extra.safetensors"
@@ -66,6 +69,9 @@ def save_adapter(model, out_dir: str | Path, **meta) -> Path:
     offset = model.prompt.offset
     if offset is not None:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in offset.state_dict().items()}, str(tmp / EXTRA))
+        log.warning("%s: PEFT has no type for a token offset (%s); peft.PeftModel.from_pretrained would load the "
+                    "prompt alone and give other outputs. Load it with SoftPromptModel.from_adapter, or serve it "
+                    "with serving/token_offset.safetensors", out, offset.describe()["type"])
     sidecar = {
         "format": 1,
         "base_model": model.base_name,

@@ -348,7 +348,7 @@ def initial_prompt(pcfg, base: nn.Module, tokenizer, seed: int) -> torch.Tensor:
     if pcfg.init == "vocab":
         return inits.sampled_vocab(table, p, special, pcfg.vocab_top_k, generator)
     if pcfg.init == "text":
-        ids = tokenizer(pcfg.init_text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(pcfg.init_text)["input_ids"]  # special tokens included, as PEFT's TEXT and DePT's code
         return inits.text(table, ids, p)
     if pcfg.init == "class_label":
         ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in pcfg.init_labels]

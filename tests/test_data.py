@@ -70,6 +70,15 @@ def test_truncation_policy(tokenizer, policy):
         assert kept == src[: 6 - tgt_len]
 
 
+def test_truncation_keeps_bos_and_a_trailing_eos():
+    from softprompt.data.loading import _truncate
+
+    ids = [1, 10, 11, 12, 13, 14, 2]  # BOS ... EOS, as a tokenizer that adds both would give
+    assert _truncate(ids, 4, "source_right", 1, 2, "row", 4) == [1, 10, 11, 2]  # T5-style sources keep </s>
+    assert _truncate(ids, 4, "source_left", 1, 2, "row", 4) == [1, 13, 14, 2]
+    assert _truncate(ids[:-1], 4, "source_right", 1, 2, "row", 4) == [1, 10, 11, 12]  # no EOS: a plain cut
+
+
 def test_collate_dynamic_padding():
     items = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}]
     batch = collate(items, pad_id=0, kind="causal")

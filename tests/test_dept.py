@@ -118,7 +118,7 @@ def test_offset_follows_real_tokens_under_any_padding(tokenizer, family):
     assert not torch.allclose(alone, logits(plain, *batch(tokenizer, [short]))[0], atol=1e-3)  # B matters
 
 
-def official_logits(model, tokenizer, texts, s, side):
+def official_logits(model, tokenizer, texts, s, side, alpha=8.0):
     """The official DePT forward restated independently: pad every row to exactly s on `side`, add
     (alpha / sqrt(r)) * A @ B to all s slots (padding included), prepend P, extend the mask by m ones.
     Causal positions are taken from the mask (our model's rule for every path)."""
@@ -132,7 +132,7 @@ def official_logits(model, tokenizer, texts, s, side):
         real = [1] * len(ids)
         masks.append(real + [0] * len(fill) if side == "right" else [0] * len(fill) + real)
     ids, mask = torch.tensor(rows), torch.tensor(masks)  # (B, s)
-    gamma = 8.0 / math.sqrt(off.A.shape[1])
+    gamma = alpha / math.sqrt(off.A.shape[1])
     x = model.base.get_input_embeddings()(ids) + gamma * (off.A @ off.B)  # (B, s, d) + (s, d)
     z = torch.cat([prompt.expand(len(rows), -1, -1), x], dim=1)  # (B, m+s, d)
     full = torch.cat([torch.ones(len(rows), prompt.shape[0], dtype=torch.long), mask], dim=1)  # (B, m+s)
@@ -288,7 +288,8 @@ def test_dept_trains_and_round_trips(saved_model, tmp_path, family):
 # Import of adapters saved by the official code
 
 
-def write_official(path, base_dir, task_type, m=4, s=12, r=3, d=32, seed=0, transpose_a=False, pickled_object=False):
+def write_official(path, base_dir, task_type, m=4, s=12, r=3, d=32, seed=0, alpha=8, transpose_a=False,
+                   pickled_object=False):
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(s, r, generator=g) / math.sqrt(r)
     state = {"prompt_embeddings": torch.randn(m, d, generator=g) * 0.3,
@@ -299,29 +300,33 @@ def write_official(path, base_dir, task_type, m=4, s=12, r=3, d=32, seed=0, tran
     path.mkdir(parents=True, exist_ok=True)
     torch.save(state, path / "adapter_model.bin")
     cfg = {"peft_type": "PROMPT_TUNING_LORA", "task_type": task_type, "base_model_name_or_path": base_dir,
-           "num_virtual_tokens": m, "token_dim": d, "num_transformer_submodules": 1, "r": r, "lora_alpha": 8,
+           "num_virtual_tokens": m, "token_dim": d, "num_transformer_submodules": 1, "r": r, "lora_alpha": alpha,
            "max_length": s, "prompt_tuning_init": "TEXT", "save_lora_embeddings": True}
     (path / "adapter_config.json").write_text(json.dumps(cfg))
     return path, state
 
 
 @pytest.mark.parametrize("family,task_type", [("t5", "SEQ_2_SEQ_LM"), ("llama", "CAUSAL_LM")])
-def test_official_checkpoint_import(saved_model, tokenizer, tmp_path, family, task_type):
-    path, state = write_official(tmp_path / "official", saved_model(family), task_type)
+def test_official_checkpoint_import(saved_model, tokenizer, tmp_path, family, task_type, caplog):
+    path, state = write_official(tmp_path / "official", saved_model(family), task_type, alpha=5)
     model = SoftPromptModel.from_adapter(path)  # base from the adapter's base_model_name_or_path
     off = model.prompt.offset
     assert torch.equal(model.prompt.prompt.detach(), state["prompt_embeddings"])
     assert torch.equal(off.A.detach(), state["prompt_encoder.lora_embedding_A"])
+    assert torch.equal(off.B.detach(), state["prompt_encoder.lora_embedding_B"])
+    assert off.scaling == pytest.approx(5 / math.sqrt(3))  # lora_alpha read from the config
     assert off.fixed_length and off.padding_side == ("left" if family == "llama" else "right")
     ids, mask = batch(tokenizer, TEXTS)
     ours = logits(model, ids, mask)
-    ref, ref_mask = official_logits(model, tokenizer, TEXTS, 12, off.padding_side)
+    ref, ref_mask = official_logits(model, tokenizer, TEXTS, 12, off.padding_side, alpha=5.0)
     for row in range(len(TEXTS)):
         if family == "t5":
             torch.testing.assert_close(ours[row], ref[row], atol=1e-5, rtol=1e-4)
         else:
             torch.testing.assert_close(ours[row][mask[row].bool()], ref[row][ref_mask[row].bool()], atol=1e-5, rtol=1e-4)
-    back = SoftPromptModel.from_adapter(model.save_adapter(tmp_path / "ours"))  # converted to our format
+    with caplog.at_level("WARNING", logger="softprompt.export"):
+        back = SoftPromptModel.from_adapter(model.save_adapter(tmp_path / "ours"))  # converted to our format
+    assert "PEFT has no type for a token offset" in caplog.text  # PEFT would silently drop A and B
     torch.testing.assert_close(logits(back, ids, mask), ours, atol=1e-6, rtol=1e-5)
 
 

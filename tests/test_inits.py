@@ -32,7 +32,7 @@ def test_vocab_rows_are_frequent_non_special_rows(base, tokenizer):
 
 
 def test_text_init_tiles_cyclically(base, tokenizer):
-    ids = tokenizer("apple red", add_special_tokens=False)["input_ids"]
+    ids = tokenizer("apple red")["input_ids"]  # special tokens included, as PEFT tokenizes init text
     out = initial_prompt(PromptConfig(num_virtual_tokens=len(ids) * 2 + 1, init="text", init_text="apple red"), base, tokenizer, 0)
     table = base.get_input_embeddings().weight
     expected = [ids[i % len(ids)] for i in range(len(ids) * 2 + 1)]

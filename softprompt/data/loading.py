@@ -112,7 +112,8 @@ def encode_rows(rows, tokenizer, data_cfg, kind: str, split: str) -> list[dict]:
             )
         room = data_cfg.max_length - (len(tgt) if kind == "causal" else 0)
         if len(src) > room:
-            src = _truncate(src, room, data_cfg.truncation, bos, f"{split} row {i}", data_cfg.max_length)
+            src = _truncate(src, room, data_cfg.truncation, bos, tokenizer.eos_token_id, f"{split} row {i}",
+                            data_cfg.max_length)
         if kind == "causal":
             item = {"input_ids": src + tgt, "labels": [-100] * len(src) + tgt}
         else:
@@ -122,13 +123,17 @@ def encode_rows(rows, tokenizer, data_cfg, kind: str, split: str) -> list[dict]:
     return out
 
 
-def _truncate(ids: list[int], room: int, policy: str, bos: int | None, where: str, max_length: int) -> list[int]:
+def _truncate(ids: list[int], room: int, policy: str, bos: int | None, eos: int | None, where: str,
+              max_length: int) -> list[int]:
+    """Cut a source to `room` tokens: source_left drops the oldest (a leading BOS stays), source_right the
+    last (a trailing EOS the tokenizer appended, as T5's, stays, as `tokenizer(truncation=True)` keeps it)."""
     if policy == "error":
         raise SoftPromptError(
             f"data: {where} needs {len(ids)} source tokens but only {room} fit in data.max_length={max_length}; "
             "raise data.max_length or set data.truncation to source_left/source_right"
         )
     if policy == "source_right":
-        return ids[:room]
+        keep_eos = bool(ids) and eos is not None and ids[-1] == eos and room > 1
+        return ids[:room - 1] + [eos] if keep_eos else ids[:room]
     keep_bos = bool(ids) and bos is not None and ids[0] == bos and room > 1
     return [bos] + ids[len(ids) - room + 1:] if keep_bos else ids[len(ids) - room:]

@@ -18,6 +18,9 @@ Which row a token takes (`index`):
   decoder-only path) a row of n real tokens starts at slot s - n, so its j-th real token takes row
   s - n + j. Padding slots get no row here: padding is masked out of attention, so what is added to it
   never reaches a real position (tests/test_dept.py checks this against the padded-to-s formula).
+  On a causal model n counts the whole row: in training the source *and* target, in generation the
+  source alone, so a source token's row shifts by the target length between the two, as in the
+  official decoder path (faithful, not a fix; the default rule has no such shift).
 
 Overflow (a row with more than s real tokens; the official code truncates its inputs to s):
 - "error": raise, naming the fixes (the DePT method also checks data.max_length <= s up front);

@@ -42,7 +42,9 @@ def sampled_vocab(
 
 
 def text(table: torch.Tensor, token_ids: list[int], num_tokens: int) -> torch.Tensor:
-    """The text's token embeddings tiled cyclically to p rows (truncated when longer), as PEFT's TEXT."""
+    """The text's token embeddings tiled cyclically to p rows (truncated when longer), as PEFT's TEXT.
+
+    The caller tokenizes as PEFT and the official DePT code do, special tokens included (T5: `... </s>`)."""
     if not token_ids:
         raise SoftPromptError("prompt.init_text: tokenizes to no tokens; give a non-empty text")
     reps = -(-num_tokens // len(token_ids))

@@ -152,29 +152,42 @@ def pad(rows: list[list[int]], pad_id: int):
     return ids, mask
 
 
+def embed_batch(model, prompt, rows: list[list[int]], pad_id: int):
+    """[prompt ; tokens] embeddings (no prompt: tokens only), right padded, with mask and position ids."""
+    p = 0 if prompt is None else prompt.shape[0]
+    ids, mask = pad(rows, pad_id)  # (B, L)
+    emb = model.get_input_embeddings()(ids)  # (B, L, D)
+    if prompt is not None:
+        emb = torch.cat([prompt.unsqueeze(0).expand(len(rows), -1, -1).to(emb.dtype), emb], dim=1)  # (B, p+L, D)
+        mask = torch.cat([torch.ones(len(rows), p, dtype=torch.long), mask], dim=1)  # (B, p+L)
+    return emb, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
-def greedy(model, tok, sources: list[str], max_new: int = 4, batch_size: int = 256) -> list[str]:
-    """Greedy continuation of each source (right padded, explicit position ids), cut at </s>."""
+def greedy(model, tok, sources: list[str], prompt=None, max_new: int = 4, batch_size: int = 256) -> list[str]:
+    """Greedy continuation of each source after an optional soft prompt (full recompute per step: the
+    sequences are short), cut at </s>."""
     model.eval()
+    eos, p = tok.eos_token_id, 0 if prompt is None else prompt.shape[0]
     outs = []
     for s in range(0, len(sources), batch_size):
         rows = [tok(x)["input_ids"] for x in sources[s:s + batch_size]]
         gen = [[] for _ in rows]
         done = [False] * len(rows)
         for _ in range(max_new):
-            ids, mask = pad([r + g for r, g in zip(rows, gen)], tok.pad_token_id)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
-            last = mask.sum(1) - 1
-            nxt = logits[torch.arange(len(rows)), last].argmax(-1).tolist()
+            cur = [r + g for r, g in zip(rows, gen)]
+            emb, mask, pos = embed_batch(model, prompt, cur, tok.pad_token_id)
+            logits = model(inputs_embeds=emb, attention_mask=mask, position_ids=pos).logits
+            last = torch.tensor([p + len(c) - 1 for c in cur])
+            nxt = logits[torch.arange(len(cur)), last].argmax(-1).tolist()
             for r, t in enumerate(nxt):
                 if not done[r]:
                     gen[r].append(t)
-                    done[r] = t == tok.eos_token_id
+                    done[r] = t == eos
             if all(done):
                 break
         for g in gen:
-            g = g[:g.index(tok.eos_token_id)] if tok.eos_token_id in g else g
-            outs.append(tok.decode(g))
+            outs.append(tok.decode(g[:g.index(eos)] if eos in g else g))
     return outs
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Standalone check of the embedded demo (plain torch + transformers; no softprompt imports).
+"""Standalone check of the embedded demo (plain torch + transformers and build_demo's decoding; no softprompt imports).
 
     python scripts/check_demo.py
 
@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from build_demo import embed_batch, greedy  # scripts/ is on sys.path when run as a script
+
 DEMO = Path(__file__).resolve().parents[1] / "softprompt" / "data" / "demo"
 
 
@@ -34,50 +36,8 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def embed_batch(model, prompt, rows: list[list[int]], pad_id: int):
-    """[prompt ; tokens] embeddings, right padded, with mask and position ids over both."""
-    p = 0 if prompt is None else prompt.shape[0]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), p + width), dtype=torch.long)
-    for r, x in enumerate(rows):
-        ids[r, :len(x)] = torch.tensor(x)
-        mask[r, :p + len(x)] = 1
-    emb = model.get_input_embeddings()(ids)
-    if prompt is not None:
-        emb = torch.cat([prompt.unsqueeze(0).expand(len(rows), -1, -1).to(emb.dtype), emb], dim=1)
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
-    return emb, mask, pos
-
-
-@torch.no_grad()
-def generate(model, tok, prompt, sources: list[str], max_new: int = 6, batch_size: int = 256) -> list[str]:
-    """Greedy decoding (full recompute per step: sequences are short), cut at </s>."""
-    eos, p = tok.eos_token_id, 0 if prompt is None else prompt.shape[0]
-    outs = []
-    for s in range(0, len(sources), batch_size):
-        rows = [tok(x)["input_ids"] for x in sources[s:s + batch_size]]
-        gen = [[] for _ in rows]
-        done = [False] * len(rows)
-        for _ in range(max_new):
-            cur = [r + g for r, g in zip(rows, gen)]
-            emb, mask, pos = embed_batch(model, prompt, cur, tok.pad_token_id)
-            logits = model(inputs_embeds=emb, attention_mask=mask, position_ids=pos).logits
-            last = torch.tensor([p + len(c) - 1 for c in cur])
-            nxt = logits[torch.arange(len(cur)), last].argmax(-1).tolist()
-            for r, t in enumerate(nxt):
-                if not done[r]:
-                    gen[r].append(t)
-                    done[r] = t == eos
-            if all(done):
-                break
-        for g in gen:
-            outs.append(tok.decode(g[:g.index(eos)] if eos in g else g))
-    return outs
-
-
 def exact_match(model, tok, prompt, rows: list[dict], prefix: str = "") -> tuple[float, list[str]]:
-    preds = generate(model, tok, prompt, [prefix + r["source"] for r in rows])
+    preds = greedy(model, tok, [prefix + r["source"] for r in rows], prompt=prompt, max_new=6)
     acc = sum(p.strip() == r["target"].strip() for p, r in zip(preds, rows)) / len(rows)
     return acc, preds
 

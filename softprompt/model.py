@@ -3,16 +3,22 @@
 It never subclasses or patches the HF model. A small table (`KINDS`) says, per architecture kind,
 where the prompt goes and how outputs are brought back in line with the input:
 
-- causal: the prompt precedes the tokens; `position_ids` come from the mask so left-, right- and
-  un-padded rows agree; only the real positions reach the LM head (`logits_to_keep`).
+- causal: the prompt precedes the tokens; rows with left padding are right-aligned first (pads
+  between the prompt and the tokens would take up sliding-window, local-attention and ALiBi key
+  slots), `position_ids` come from the mask, so left-, right- and un-padded rows agree on every
+  architecture; only the real positions reach the LM head (`logits_to_keep`).
 - seq2seq: the prompt goes on the encoder only (Lester et al. §4); the decoder is untouched.
-- encoder: the prompt precedes the tokens; the body's outputs for virtual positions are dropped before a head runs.
+- encoder: rows are right-aligned and the prompt precedes the tokens; the model numbers `[prompt; tokens]`
+  itself (RoBERTa counts from padding_idx + 1, BERT from 0), as it would number real tokens there; the
+  body's outputs for virtual positions are dropped before a head runs.
 
 Outputs are always aligned with `input_ids`: no logits or hidden states for virtual positions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import logging
 from dataclasses import dataclass
@@ -25,7 +31,7 @@ from torch import nn
 
 from softprompt import shared_prefix
 from softprompt.errors import SoftPromptError
-from softprompt.layers import PromptEmbedding
+from softprompt.layers import PromptEmbedding, apply_offset
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +114,11 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
 
 
+def has_gaps(mask: torch.Tensor) -> bool:
+    """Whether some row has a pad before a real token (left padding, or holes). One host sync."""
+    return bool((mask[:, 1:] > mask[:, :-1]).any())
+
+
 def right_align(*tensors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Move each row's real columns to the front, keeping their order. Returns (order, tensors).
     Used where a model has no position_ids (T5's relative buckets would see a left-pad gap)."""
@@ -157,7 +168,7 @@ class SoftPromptModel(nn.Module):
         if self.kind not in KINDS:
             raise SoftPromptError(f"model.kind: {self.kind!r} is not one of {sorted(KINDS)}")
         self.base_name = base_name or getattr(base.config, "_name_or_path", None)
-        self._use_positions = self.kind != "seq2seq" and _accepts(base, "position_ids")
+        self._use_positions = self.kind == "causal" and _accepts(base, "position_ids")
         self._keep_logits = self.kind == "causal" and _accepts(base, "logits_to_keep")
         self.execution = execution  # auto | shared_prefix | concat, resolved by execution_mode()
         self._prompt_kv = shared_prefix.PromptKV()  # the prompt's cache for no-grad calls (eval, generate)
@@ -216,6 +227,16 @@ class SoftPromptModel(nn.Module):
         return KINDS[self.kind](self, input_ids, attention_mask, labels, **kwargs)
 
     def _causal(self, input_ids, attention_mask, labels, **kwargs) -> SoftPromptOutput:
+        # Pads between the prompt and the tokens would take up key slots that sliding windows, local
+        # attention and ALiBi count by column, so a left-padded row would differ from the same row
+        # unpadded. Right-aligned rows have no such gap, and a causal row never attends to its trailing
+        # pads; outputs go back to the input's order at the end.
+        order = None
+        if has_gaps(attention_mask):
+            tensors = (input_ids, attention_mask) + ((labels,) if labels is not None else ())
+            order, tensors = right_align(*tensors, mask=attention_mask)
+            input_ids, attention_mask = tensors[:2]
+            labels = tensors[2] if labels is not None else None
         length = input_ids.shape[1]
         if self.execution_mode() == "shared_prefix":  # the prompt runs once; only the L tokens run per row
             tokens = self.prompt.token_embeds(input_ids, attention_mask, self.input_table)  # (B, L, D)
@@ -238,6 +259,10 @@ class SoftPromptModel(nn.Module):
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, L): targets[:, t] = labels[:, t+1]
             result.loss_sum, result.num_tokens = token_cross_entropy(logits, targets)
             result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
+        if order is not None:  # back to the caller's column order
+            result.logits = _undo_order(result.logits, order)
+            if result.hidden_states is not None:
+                result.hidden_states = _undo_order(result.hidden_states, order)
         return result
 
     def _seq2seq(self, input_ids, attention_mask, labels, decoder_input_ids=None, **kwargs) -> SoftPromptOutput:
@@ -257,13 +282,15 @@ class SoftPromptModel(nn.Module):
         p = self.prompt.num_virtual_tokens
         order, (input_ids, attention_mask) = right_align(input_ids, attention_mask, mask=attention_mask)
         embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D)
-        extra = {"position_ids": positions_from_mask(mask)} if self._use_positions else {}
+        # No position_ids: rows are right-aligned, so the model's own numbering of [prompt; tokens] is the
+        # one it gives real tokens there (RoBERTa/XLM-R start at padding_idx + 1, BERT at 0); ids from
+        # the mask would start every model at 0.
         body = self.base.base_model
         # A head model (e.g. BertForMaskedLM): the body's output loses its p virtual rows before the head
         # runs, so the head computes (B, L, ...) only. A bare body (AutoModel) is sliced after.
         trim = body.register_forward_hook(_drop_virtual_rows(p)) if body is not self.base else None
         try:
-            out = self.base(inputs_embeds=embeds, attention_mask=mask, **extra, **kwargs)
+            out = self.base(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         finally:
             if trim is not None:
                 trim.remove()
@@ -304,11 +331,19 @@ class SoftPromptModel(nn.Module):
         else:
             input_ids = texts.to(self.device)
             attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
-        kwargs = {"max_new_tokens": 20, "do_sample": False}
+        defaults = {"max_new_tokens": 20, "do_sample": False}
         if self.tokenizer is not None:
-            kwargs["pad_token_id"] = self.tokenizer.pad_token_id
-        kwargs.update(generate_kwargs)
-        if self.kind == "causal" and self.execution_mode() == "shared_prefix":
+            defaults["pad_token_id"] = self.tokenizer.pad_token_id
+        config = generate_kwargs.get("generation_config")
+        if config is not None:  # the user's config wins; our defaults only fill what it leaves unset
+            config = copy.deepcopy(config)
+            for key, value in defaults.items():
+                if getattr(config, key, None) is None:
+                    setattr(config, key, value)
+            kwargs = {**generate_kwargs, "generation_config": config}
+        else:
+            kwargs = {**defaults, **generate_kwargs}
+        if self.kind == "causal" and self.execution_mode() == "shared_prefix" and not self._gap_blocks_cache(attention_mask):
             # [prompt; pads; tokens]: the prompt's cache is computed once and shared by every call and row
             input_ids, attention_mask = left_align(input_ids, attention_mask, mask=attention_mask)
             embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D)
@@ -317,11 +352,54 @@ class SoftPromptModel(nn.Module):
         else:
             embeds, mask = self.prompted_inputs(input_ids, attention_mask)
             prepared = {"inputs_embeds": embeds, "attention_mask": mask}
-        out = self.base.generate(**prepared, **kwargs)
+        with self._offset_new_tokens(attention_mask):
+            out = self.base.generate(**prepared, **kwargs)
         if isinstance(inputs, torch.Tensor):
             return out
         decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return decoded[0] if isinstance(inputs, str) else decoded
+
+
+    def _gap_blocks_cache(self, attention_mask: torch.Tensor) -> bool:
+        """True when the shared prompt cache cannot serve this batch exactly: the cache layout puts a
+        shorter row's pads between the prompt and its tokens, which models that count key columns
+        (windows, local attention, ALiBi) would see. Concatenation then puts the pads first instead."""
+        if bool(attention_mask.all()):
+            return False
+        reason = shared_prefix.column_sensitive(self.base.config)
+        if reason is not None:
+            shared_prefix.log_once(f"generate: a padded batch on a model with {reason} uses concatenation "
+                                   "(the shared prompt cache would put pads inside the attention window)")
+        return reason is not None
+
+    @contextlib.contextmanager
+    def _offset_new_tokens(self, attention_mask: torch.Tensor):
+        """While `generate` runs, add the token offset (e.g. DePT's) to the tokens it generates, as training
+        adds it to every real token a row holds: generated token j of a row with n source tokens takes the
+        row the offset gives real token n + j. `generate` embeds new ids through the base's own table,
+        so a forward hook on that table does it, for this call only."""
+        offset = self.prompt.offset
+        if offset is None or self.kind != "causal" or not hasattr(offset, "generation_index"):
+            yield
+            return
+        state = {"mask": attention_mask.long()}  # (B, T): real columns so far
+
+        def hook(module, args, out):
+            mask = state["mask"]
+            if mask.shape[0] != out.shape[0]:  # beams / returned sequences: generate repeats each row
+                mask = mask.repeat_interleave(out.shape[0] // mask.shape[0], dim=0)
+            mask = torch.cat([mask, mask.new_ones(out.shape[0], out.shape[1])], dim=1)  # (B', T + k)
+            state["mask"] = mask
+            index = offset.generation_index(mask)
+            if index is None:
+                return out
+            return apply_offset(out, offset.rows(), index[:, -out.shape[1]:])  # (B', k, D)
+
+        handle = self.input_table.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 KINDS: dict[str, Callable] = {

@@ -19,41 +19,41 @@ slicing. The prediction made at the prompt's last position (of the first real to
 computed: the causal loss never scores the first token (`SoftPromptModel._causal`).
 
 Where it is not exact or not applicable, `choose` falls back to concatenation and says why once:
-encoders and seq2seq encoders (bidirectional: the prompt sees the input), model types without a
-parity test (`VERIFIED`), and training with gradient checkpointing (HF's checkpointed layers drop
-`past_key_values` so the recomputation cannot update the cache twice; the tokens would silently lose
-the prompt). The same batch-1 keys/values, computed without grad, are kept by `PromptKV` and reused by
-evaluation and by `generate` until the prompt parameter changes.
+encoders and seq2seq encoders (bidirectional: the prompt sees the input), training with gradient
+checkpointing (HF's checkpointed layers drop the cache, so the recomputation cannot update it twice;
+the tokens would silently lose the prompt), position schemes whose result depends on the length one
+pass sees (dynamic NTK and LongRoPE scaling: the prompt's pass sees p tokens, concatenation p + L),
+and any model that fails a one-time parity probe (a few tokens through both paths on the loaded model,
+cached per model). The probe, not a list of model types, decides: a new architecture that is exact gets
+the fast path, one that is not (or that cannot take our cache) keeps concatenation.
+
+The same batch-1 keys/values, computed without grad, are kept by `PromptKV` and reused by evaluation
+and by `generate` until the prompt parameter changes.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
+import weakref
 
 import torch
 from torch import nn
 
+from softprompt import compat
 from softprompt.errors import SoftPromptError
 
 log = logging.getLogger(__name__)
 
 EXECUTIONS = ("auto", "shared_prefix", "concat")
 
-# Model types whose loss and prompt gradient equal the concatenation path, each checked by
-# tests/test_shared_prefix.py (right and left padding, with a token offset). A type joins this set
-# only with a tiny model in that test; "auto" uses concatenation for everything else
-# (`execution: shared_prefix` forces it on an unlisted decoder).
-VERIFIED = frozenset({
-    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3",
-    "gpt2", "gpt_bigcode", "gpt_neox", "gptj", "opt", "falcon", "starcoder2", "olmo2", "granite", "stablelm",
-    "cohere", "smollm3",
-})
+# Rotary scalings whose frequencies depend on the sequence length a pass sees (transformers'
+# rope_type names; "su" is LongRoPE's early name in Phi-3 configs).
+LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope", "su"})
 
 _logged: set[str] = set()
 
 
-def _log_once(message: str, level: int = logging.INFO) -> None:
+def log_once(message: str, level: int = logging.INFO) -> None:
     if message not in _logged:
         _logged.add(message)
         log.log(level, message)
@@ -69,33 +69,117 @@ def choose(requested: str, base: nn.Module, kind: str) -> str:
         raise SoftPromptError(f"prompt.execution: {requested!r} is not one of {list(EXECUTIONS)}")
     if requested == "concat":
         return "concat"
-    blocker = structural_blocker(base, kind)
+    blocker = structural_blocker(base, kind) or exactness_blocker(base)
     if blocker is not None:
         if requested == "shared_prefix":
             raise SoftPromptError(f"prompt.execution: shared_prefix cannot run here: {blocker}; use auto or concat")
         # a decoder losing the fast path (e.g. to gradient checkpointing) is worth a warning
-        _log_once(f"shared-prefix execution off, using concatenation: {blocker}",
+        log_once(f"shared-prefix execution off, using concatenation: {blocker}",
                   logging.WARNING if kind == "causal" else logging.INFO)
-        return "concat"
-    model_type = getattr(base.config, "model_type", None)
-    if requested == "auto" and model_type not in VERIFIED:
-        _log_once(f"shared-prefix execution off for model type {model_type!r}: no parity test against "
-                  "concatenation yet (force it with prompt.execution=shared_prefix)")
         return "concat"
     return "shared_prefix"
 
 
 def structural_blocker(base: nn.Module, kind: str) -> str | None:
-    """Why the prompt cannot be run once and shared here, or None."""
+    """Why the prompt cannot be run once and shared here in principle, or None."""
     if kind != "causal":
         return f"a {kind} model attends bidirectionally over the prompt and the input"
-    params = inspect.signature(base.forward).parameters
-    missing = [name for name in ("past_key_values", "position_ids", "inputs_embeds") if name not in params]
-    if missing:
-        return f"{type(base).__name__}.forward takes no {', '.join(missing)}"
     if base.training and any(getattr(m, "gradient_checkpointing", False) is True for m in base.modules()):
-        return ("gradient checkpointing is on, and HF's checkpointed layers drop past_key_values "
+        return ("gradient checkpointing is on, and HF's checkpointed layers drop the key/value cache "
                 "(a cache cannot be updated twice by the recomputation)")
+    rope = rope_types(base.config) & LENGTH_DEPENDENT_ROPE
+    if rope:
+        return (f"its rotary scaling ({', '.join(sorted(rope))}) depends on the length each pass sees, so the "
+                "prompt's own pass would be scaled differently from the concatenated row")
+    return None
+
+
+def column_sensitive(config) -> str | None:
+    """What in this config makes attention depend on key *columns* rather than positions alone (so a
+    pad column between the prompt and the tokens changes the result), or None. Read from the config:
+    windows can be thousands of tokens wide, beyond what a probe of a few tokens can see."""
+    configs = [config]
+    if hasattr(config, "get_text_config"):
+        configs.append(config.get_text_config())
+    for cfg in configs:
+        if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False:
+            return f"sliding-window attention (window {cfg.sliding_window})"
+        kinds = set(getattr(cfg, "layer_types", None) or ()) - {"full_attention"}
+        if kinds:
+            return f"non-global attention layers ({', '.join(sorted(map(str, kinds)))})"
+        if "local" in {str(k) for k in (getattr(cfg, "attention_layers", None) or ())}:
+            return "local attention layers"
+        if getattr(cfg, "attention_chunk_size", None):
+            return f"chunked attention ({cfg.attention_chunk_size})"
+        attn = getattr(cfg, "attn_config", None)
+        if getattr(cfg, "alibi", False) or getattr(attn, "alibi", False) or (isinstance(attn, dict) and attn.get("alibi")) \
+                or getattr(cfg, "model_type", None) in ("bloom", "mpt"):
+            return "ALiBi position biases"
+    return None
+
+
+def rope_types(config) -> set[str]:
+    """Every rope type a config declares (`rope_scaling` / `rope_parameters`, per layer type too)."""
+    found: set[str] = set()
+
+    def visit(value) -> None:
+        if isinstance(value, dict):
+            for key in ("rope_type", "type"):
+                if isinstance(value.get(key), str):
+                    found.add(value[key])
+            for inner in value.values():
+                if isinstance(inner, dict):
+                    visit(inner)
+
+    configs = [config]
+    if hasattr(config, "get_text_config"):
+        configs.append(config.get_text_config())
+    for cfg in configs:
+        for attr in ("rope_scaling", "rope_parameters"):
+            visit(getattr(cfg, attr, None))
+    return found - {"default"}
+
+
+_probed: "weakref.WeakKeyDictionary[nn.Module, str | None]" = weakref.WeakKeyDictionary()
+
+
+def exactness_blocker(base: nn.Module) -> str | None:
+    """Why the shared prefix is not exact on this loaded model, from a one-time parity probe (cached)."""
+    if base not in _probed:
+        _probed[base] = parity_probe(base)
+    return _probed[base]
+
+
+def parity_probe(base: nn.Module) -> str | None:
+    """Run 3 prompt rows and 2 right-padded rows of 3 tokens (embedding-table rows, so the scale is real)
+    through concatenation and through the shared prefix, no grad, eval mode; None when the real
+    positions' logits agree to the dtype's rounding, else why not."""
+    table = base.get_input_embeddings().weight
+    generator = torch.Generator().manual_seed(0)
+    rows = table.detach()[torch.randint(table.shape[0], (9,), generator=generator).to(table.device)]  # (9, D)
+    prompt, tokens = rows[:3], rows[3:].view(2, 3, -1)  # (p=3, D), (B=2, L=3, D)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], device=table.device)  # (B, L)
+    if not compat.fills_cache(base.base_model, prompt.unsqueeze(0)):
+        return f"{type(base).__name__} does not fill a {compat.CACHE_ARG!r} key/value cache passed to it"
+    was_training = base.training
+    base.eval()
+    try:
+        with torch.no_grad():
+            full_mask = torch.cat([mask.new_ones(2, 3), mask], dim=1)  # (B, p+L)
+            full = base(inputs_embeds=torch.cat([prompt.expand(2, -1, -1), tokens], dim=1),  # (B, p+L, D)
+                        attention_mask=full_mask, position_ids=(full_mask.cumsum(1) - 1).clamp(min=0),
+                        use_cache=False).logits[:, -3:].float()
+            shared = forward(base, prompt_kv(base, prompt), tokens, mask).logits[:, -3:].float()
+    except Exception as e:  # noqa: BLE001 - any failure of the fast path on this model means "not exact here"
+        return f"the shared-prefix pass fails on {type(base).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+    finally:
+        base.train(was_training)
+    real = mask.bool()
+    diff = (full - shared).abs()[real].max().item()
+    scale = full[real].abs().max().item()
+    tol = (1e-4 if table.dtype in (torch.float32, torch.float64) else 3e-2) * max(1.0, scale)
+    if not diff <= tol:
+        return f"a parity probe on the loaded model differs from concatenation by {diff:.2e} in logits (tolerance {tol:.1e})"
     return None
 
 
@@ -106,15 +190,12 @@ def structural_blocker(base: nn.Module, kind: str) -> str | None:
 def prompt_kv(base: nn.Module, prompt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Run the prompt (p, D) once, batch 1. Per layer (keys, values), each (1, heads, p, head_dim),
     still attached to the graph when the prompt requires grad."""
-    from transformers import DynamicCache
-
     p = prompt.shape[0]
-    cache = DynamicCache()
+    cache = compat.new_cache()
     positions = torch.arange(p, device=prompt.device).unsqueeze(0)  # (1, p)
     # The decoder body only: the prompt's hidden states feed no logits (see the module docstring).
-    base.base_model(inputs_embeds=prompt.unsqueeze(0), position_ids=positions, past_key_values=cache,
-                    use_cache=True)
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    base.base_model(inputs_embeds=prompt.unsqueeze(0), position_ids=positions, use_cache=True, **compat.with_cache(cache))
+    return compat.cache_layers(cache)
 
 
 def broadcast_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int):
@@ -123,17 +204,8 @@ def broadcast_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int):
     Filled layer by layer without `update`, whose first call would copy the expanded tensors
     (cat onto an empty tensor); the model's own update then appends the real tokens' keys/values
     (the one copy of the prompt rows per layer that standard attention needs)."""
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache()
-    for keys, values in kv:
-        layer = DynamicLayer()
-        layer.lazy_initialization(keys, values)
-        layer.keys = keys.expand(batch, -1, -1, -1)  # (B, heads, p, head_dim), a view
-        layer.values = values.expand(batch, -1, -1, -1)
-        cache.layers.append(layer)
-    return cache
+    # (1, heads, p, head_dim) -> (B, heads, p, head_dim), views
+    return compat.cache_from_layers([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv])
 
 
 def forward(base: nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]], tokens: torch.Tensor,
@@ -144,8 +216,8 @@ def forward(base: nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]], tokens
     p = kv[0][0].shape[-2]
     mask = torch.cat([attention_mask.new_ones(batch, p), attention_mask], dim=1)  # (B, p+L)
     positions = p + attention_mask.long().cumsum(1) - 1  # (B, L); left pads get p-1, as on concat
-    return base(inputs_embeds=tokens, attention_mask=mask, position_ids=positions,
-                past_key_values=broadcast_cache(kv, batch), use_cache=True, **kwargs)
+    return base(inputs_embeds=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
+                **compat.with_cache(broadcast_cache(kv, batch)), **kwargs)
 
 
 class PromptKV:
@@ -187,8 +259,20 @@ def generation_inputs(kv, embeds: torch.Tensor, mask: torch.Tensor, generate_kwa
 
     `generate` treats the first `p` columns as already in the cache and feeds only the last L; the
     cache is expanded to every sequence generate runs (beams, returned sequences)."""
-    expand = generate_kwargs.get("num_beams") or getattr(generation_config, "num_beams", 1) or 1
-    if expand == 1:
-        expand = generate_kwargs.get("num_return_sequences") or getattr(generation_config, "num_return_sequences", 1) or 1
     return {"inputs_embeds": embeds, "attention_mask": mask,
-            "past_key_values": broadcast_cache(kv, embeds.shape[0] * expand)}
+            **compat.with_cache(broadcast_cache(kv, embeds.shape[0] * sequences_per_row(generate_kwargs, generation_config)))}
+
+
+def sequences_per_row(generate_kwargs: dict, default_config) -> int:
+    """How many sequences `generate` runs per input row: beams for beam search, else returned sequences.
+    Read as `generate` reads it: keyword arguments over a passed `generation_config` over the model's."""
+    config = generate_kwargs.get("generation_config") or default_config
+
+    def setting(name: str) -> int:
+        value = generate_kwargs.get(name)
+        if value is None:
+            value = getattr(config, name, None)
+        return int(value or 1)
+
+    beams = setting("num_beams")
+    return beams if beams > 1 else setting("num_return_sequences")

@@ -57,10 +57,20 @@ def tiny_config(family: str, vocab_size: int):
     if family == "bert":
         return BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                           max_position_embeddings=256, vocab_size=vocab_size, pad_token_id=0)
+    if family in ENCODER_FAMILIES:
+        from transformers import AutoConfig
+
+        return AutoConfig.for_model(family, vocab_size=vocab_size, **ENCODER_FAMILIES[family])
+    if family == "bart":
+        from transformers import BartConfig
+
+        return BartConfig(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                          decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                          max_position_embeddings=256, decoder_start_token_id=2, forced_eos_token_id=None, **common)
     if family in DECODER_FAMILIES:
         from transformers import AutoConfig
 
-        return AutoConfig.for_model(family, **common, **DECODER_FAMILIES[family])
+        return AutoConfig.for_model(family.split("-")[0], **common, **DECODER_FAMILIES[family])
     raise ValueError(family)
 
 
@@ -85,18 +95,48 @@ DECODER_FAMILIES = {
                    num_kv_heads=2),
     "jamba": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2),  # hybrid attention + Mamba: no shared prefix
+    # position schemes beyond plain RoPE; "<model_type>-<variant>" names a variant of a model type
+    "llama-dynamic": dict(_ROPE, max_position_embeddings=16,  # dynamic NTK scaling past 16 tokens
+                          rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}),
+    "phi3-longrope": dict(_ROPE, max_position_embeddings=64, original_max_position_embeddings=16,
+                          rope_parameters={"rope_type": "longrope", "short_factor": [1.0] * 4,
+                                           "long_factor": [3.0] * 4, "rope_theta": 10000.0}),
+    "llama-yarn": dict(_ROPE, rope_parameters={"rope_type": "yarn", "factor": 2.0, "rope_theta": 10000.0,
+                                               "original_max_position_embeddings": 128}),
+    "mistral-window": dict(_ROPE, sliding_window=4),
+    "qwen2-window": dict(_ROPE, sliding_window=4, use_sliding_window=True, max_window_layers=0),
+    "cohere2": dict(_ROPE, sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
+    "gpt_neo": dict(hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=256, window_size=4,
+                    attention_types=[[["local", "global"], 1]]),  # local attention, learned positions
+    "mpt": dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=256),  # ALiBi
+    "bloom": dict(hidden_size=32, n_layer=2, n_head=4),  # ALiBi
 }
+# Encoders (masked-LM heads), each with its own position numbering: BERT/ELECTRA/DistilBERT count
+# from 0, RoBERTa/XLM-R from padding_idx + 1 (their default pad id 1: positions start at 2).
+_ENC = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256)
+ENCODER_FAMILIES = {
+    "bert": dict(_ENC, pad_token_id=0),
+    "roberta": dict(_ENC, max_position_embeddings=260),
+    "xlm-roberta": dict(_ENC, max_position_embeddings=260),
+    "electra": dict(_ENC, embedding_size=32, pad_token_id=0),
+    "distilbert": dict(dim=32, hidden_dim=64, n_layers=2, n_heads=4, max_position_embeddings=256, pad_token_id=0),
+}
+
+# Families where the shared prefix is not exact (or cannot run), and what `auto`'s reason names.
+NOT_EXACT = {"jamba": "Jamba", "llama-dynamic": "dynamic", "phi3-longrope": "longrope"}
 
 
 def build_model(family: str, vocab_size: int, seed: int = 0):
-    from transformers import AutoModelForCausalLM, BertForMaskedLM, T5ForConditionalGeneration
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, BertForMaskedLM
 
     torch.manual_seed(seed)
     cfg = tiny_config(family, vocab_size)
-    if family == "t5":
-        model = T5ForConditionalGeneration(cfg)
+    if family in ("t5", "bart"):
+        model = AutoModelForSeq2SeqLM.from_config(cfg)
     elif family == "bert":
         model = BertForMaskedLM(cfg)
+    elif family in ENCODER_FAMILIES:
+        model = AutoModelForMaskedLM.from_config(cfg)
     else:
         model = AutoModelForCausalLM.from_config(cfg)
     return model.eval()

@@ -98,3 +98,19 @@ def test_beams_and_returned_sequences(tokenizer):
     torch.manual_seed(0)
     sampled = cached.generate(ids, mask, do_sample=True, num_return_sequences=3, max_new_tokens=3)
     assert sampled.shape[0] == 6
+
+
+@pytest.mark.parametrize("how", ["kwargs", "generation_config"])
+def test_beams_from_a_generation_config(tokenizer, how):
+    """The beam count may come in a GenerationConfig: the shared cache must be expanded to it too."""
+    from transformers import GenerationConfig
+
+    cached, uncached = pair("llama", tokenizer)
+    ids, mask = encode(tokenizer, TEXTS, "left")
+    settings = dict(num_beams=3, num_return_sequences=2, max_new_tokens=4, do_sample=False, eos_token_id=None,
+                    pad_token_id=0)
+    kwargs = settings if how == "kwargs" else {"generation_config": GenerationConfig(**settings)}
+    got = cached.generate(ids, mask, **kwargs)
+    want = uncached.generate(ids, mask, **kwargs)
+    assert got.shape == (2 * len(TEXTS), 4)
+    assert torch.equal(got, want)

@@ -340,3 +340,48 @@ def test_official_import_refuses_bad_files(saved_model, tmp_path):
     path, _ = write_official(tmp_path / "p", saved_model("t5"), "SEQ_2_SEQ_LM", pickled_object=True)
     with pytest.raises(SoftPromptError, match="not a plain tensor file"):
         SoftPromptModel.from_adapter(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation offsets the generated tokens too, as training offsets target tokens
+
+
+def greedy_over_forward(model, ids, mask, steps):
+    """Greedy decoding by re-running the full forward each step: every real token, generated ones
+    included, gets its offset row exactly as in training. (B, steps) new ids."""
+    out = []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(ids, mask).logits  # (B, T, V)
+        last = mask.long().cumsum(1).argmax(1)  # (B,) the last real column (right padding)
+        nxt = logits[torch.arange(len(ids)), last].argmax(-1)  # (B,)
+        out.append(nxt)
+        ids = torch.cat([ids, torch.zeros_like(nxt)[:, None]], 1)  # (B, T+1)
+        mask = torch.cat([mask, torch.zeros_like(nxt)[:, None]], 1)
+        ids[torch.arange(len(ids)), last + 1] = nxt  # right after each row's last real token
+        mask[torch.arange(len(ids)), last + 1] = 1
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("execution", ["shared_prefix", "concat"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_causal_generate_offsets_generated_tokens(tokenizer, side, execution):
+    dept, _ = tiny("llama", tokenizer, s=32)
+    dept.execution = execution
+    with torch.no_grad():
+        dept.prompt.offset.B.mul_(4.0)  # a large offset, so a missed row changes the argmax
+    ids, mask = batch(tokenizer, TEXTS, side)
+    got = dept.generate(ids, mask, max_new_tokens=8, min_new_tokens=8, eos_token_id=None, pad_token_id=0)
+    right_ids, right_mask = batch(tokenizer, TEXTS, "right")
+    want = greedy_over_forward(dept, right_ids, right_mask, 8)
+    assert torch.equal(got, want)
+    beams = dept.generate(ids, mask, max_new_tokens=4, num_beams=2, eos_token_id=None, pad_token_id=0)
+    assert beams.shape == (len(TEXTS), 4)  # the hook follows generate's beam expansion
+
+
+def test_generated_tokens_past_s_take_no_offset(tokenizer):
+    """Generation cannot be refused halfway: tokens past s get none (the same as overflow=truncate)."""
+    dept, _ = tiny("llama", tokenizer, s=8, overflow="truncate")
+    ids, mask = batch(tokenizer, TEXTS[:1])  # 7 tokens: generated tokens cross s=8 at once
+    got = dept.generate(ids, mask, max_new_tokens=5, min_new_tokens=5, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(got, greedy_over_forward(dept, ids, mask, 5))

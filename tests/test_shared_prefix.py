@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import DECODER_FAMILIES, build_model, tiny_config
+from conftest import DECODER_FAMILIES, NOT_EXACT, build_model, tiny_config
 from softprompt import shared_prefix
 from softprompt.config import load_config
 from softprompt.errors import ConfigError, SoftPromptError
@@ -14,7 +14,7 @@ from softprompt.layers import PromptEmbedding
 from softprompt.model import SoftPromptModel
 
 REQUIRED = ["llama", "gpt2", "qwen2", "mistral"]
-MORE = [f for f in DECODER_FAMILIES if f in shared_prefix.VERIFIED]
+MORE = [f for f in DECODER_FAMILIES if f not in NOT_EXACT]
 VOCAB = 400
 
 
@@ -101,9 +101,44 @@ def test_more_decoder_families(family):
     assert_paths_equal(build_model(family, VOCAB), "mixed")
 
 
-def test_verified_types_are_the_tested_ones():
-    tested = {build_model(f, VOCAB).config.model_type for f in REQUIRED} | set(MORE)
-    assert tested == shared_prefix.VERIFIED
+@pytest.mark.parametrize("family", REQUIRED + MORE)
+def test_auto_takes_the_fast_path_wherever_it_is_exact(family):
+    """No model-type list: every family the parity tests above hold equal gets the fast path by itself."""
+    model = SoftPromptModel(build_model(family, VOCAB), PromptEmbedding(torch.randn(3, 32)))
+    assert model.execution_mode() == "shared_prefix"
+
+
+@pytest.mark.parametrize("family", sorted(NOT_EXACT))
+def test_auto_never_takes_an_inexact_fast_path(family, caplog):
+    """Length-dependent rotary scalings (dynamic NTK, LongRoPE) and models whose cache is not a plain
+    key/value cache: the forced fast path is inexact or fails, so auto concatenates and says why."""
+    base = build_model(family, VOCAB)
+    with caplog.at_level(logging.INFO, logger="softprompt.shared_prefix"):
+        model = SoftPromptModel(base, PromptEmbedding(torch.randn(3, 32)))
+        assert model.execution_mode() == "concat"
+    assert NOT_EXACT[family] in caplog.text
+    with pytest.raises(SoftPromptError, match="shared_prefix cannot run here"):
+        SoftPromptModel(base, PromptEmbedding(torch.randn(3, 32)), execution="shared_prefix")
+
+
+@pytest.mark.parametrize("family", ["llama-dynamic", "phi3-longrope"])
+def test_length_dependent_rope_really_differs_on_the_fast_path(family):
+    """Why the rule above exists: run the fast path anyway (bypassing the choice) on rows long enough to
+    cross the scaling threshold, and the prompt's gradient moves away from concatenation's. Each path gets
+    a fresh model (same weights): the rotary module keeps state between calls."""
+    torch.manual_seed(0)
+    prompt = torch.randn(8, 32) * 0.5  # the prompt's own pass stays under the 16-token threshold, p + L does not
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, VOCAB, (2, 24), generator=g)
+    mask = torch.ones_like(ids)
+    grads = {}
+    for execution in ["concat", "shared_prefix"]:
+        model = SoftPromptModel(build_model(family, VOCAB), PromptEmbedding(prompt), execution="concat")
+        model.execution_mode = lambda e=execution: e  # the path itself, not the choice, is under test
+        model(ids, mask, labels=ids).loss.backward()
+        grads[execution] = model.prompt.prompt.grad
+    diff = (grads["concat"] - grads["shared_prefix"]).abs().max() / grads["concat"].abs().max()
+    assert diff > 1e-4
 
 
 def test_default_is_shared_prefix_and_does_less_work():
@@ -127,6 +162,7 @@ def test_default_is_shared_prefix_and_does_less_work():
 
 
 def test_fallbacks_and_forcing(caplog):
+    shared_prefix._logged.clear()  # reasons are logged once per process; other tests may have seen these
     with caplog.at_level(logging.INFO, logger="softprompt.shared_prefix"):
         for family in ["t5", "bert"]:
             model = SoftPromptModel(build_model(family, VOCAB), PromptEmbedding(torch.randn(3, 32)))
@@ -134,10 +170,10 @@ def test_fallbacks_and_forcing(caplog):
             with pytest.raises(SoftPromptError, match="bidirectionally"):
                 SoftPromptModel(build_model(family, VOCAB), PromptEmbedding(torch.randn(3, 32)),
                                 execution="shared_prefix")
-        # a hybrid attention/Mamba model has no parity test: auto concatenates and says so
+        # a hybrid attention/Mamba model fails the parity probe: auto concatenates and says so
         jamba = SoftPromptModel(build_model("jamba", VOCAB), PromptEmbedding(torch.randn(3, 32)))
         assert jamba.execution_mode() == "concat"
-    assert "no parity test" in caplog.text and "'jamba'" in caplog.text
+    assert "shared-prefix execution off" in caplog.text and "Jamba" in caplog.text
     with pytest.raises(SoftPromptError, match="prompt.execution"):
         SoftPromptModel(build_model("llama", VOCAB), PromptEmbedding(torch.randn(3, 32)), execution="fast")
 

@@ -86,6 +86,19 @@ class DeptOffset(nn.Module):
                 index = index.masked_fill(over, -1)
         return index
 
+    def generation_index(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """`index` for a sequence that `generate` is extending (mask: source columns then one column per
+        generated token). Generated tokens take rows as training gives target tokens: the default rule
+        counts real tokens, so a cached decode can add each new token's row as it comes. Tokens past s
+        take none (a generation cannot be refused halfway). None for the official causal fixed-length
+        rule: there a row's slots depend on its final length (s - n + j), which a cached decode cannot
+        know, and the official code offsets the source alone in generation, as we then do."""
+        if self.fixed_length and self.padding_side == "left":
+            return None
+        mask = attention_mask.long()
+        real = mask.cumsum(1) - 1  # (B, T)
+        return torch.where(mask.bool() & (real < self.length), real, -1)
+
     def _overflow(self, longest: int) -> None:
         if self.overflow == "error":
             raise SoftPromptError(

@@ -1,0 +1,83 @@
+"""What differs between the transformers versions we support, in one place (DESIGN.md §2).
+
+Everything else imports these names instead of spelling a version-dependent fact itself. Facts are
+read from what the installed library *does* (its output classes, a model's behaviour on a probe), not
+from a parameter name in `inspect.signature` alone, which a renaming decorator can hide or fake.
+
+- The key/value cache argument and output: transformers 5.24 renamed `past_key_values` to `cache`
+  (forward argument, `generate` argument and the `ModelOutput` attribute); the old keyword still works
+  there, deprecated, and is announced for removal in 5.40 (pyproject.toml caps transformers below it).
+  `CACHE_ARG` is the spelling this transformers' own outputs use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+from torch import nn
+
+
+@functools.cache
+def cache_arg() -> str:
+    """"cache" or "past_key_values": the name under which this transformers passes and returns the
+    key/value cache, read off its causal-LM output class (the renaming touched both together)."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    fields = {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
+    return "cache" if "cache" in fields else "past_key_values"
+
+
+CACHE_ARG = cache_arg()
+
+
+def with_cache(cache) -> dict:
+    """`{CACHE_ARG: cache}`, to splat into a forward or `generate` call."""
+    return {CACHE_ARG: cache}
+
+
+def output_cache(out):
+    """The cache a forward returned, under either spelling (None when it returned none)."""
+    for name in (CACHE_ARG, "cache", "past_key_values"):
+        value = getattr(out, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def new_cache():
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
+def cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer (keys, values) of a filled DynamicCache, each (B, heads, T, head_dim)."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def cache_from_layers(kv: list[tuple[torch.Tensor, torch.Tensor]]):
+    """A DynamicCache holding the given per-layer (keys, values) as they are (no copy), ready for the
+    model's own `update` to append to."""
+    from transformers.cache_utils import DynamicLayer
+
+    cache = new_cache()
+    for keys, values in kv:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)  # dtype/device bookkeeping; the tensors are set below
+        layer.keys, layer.values = keys, values
+        cache.layers.append(layer)
+    return cache
+
+
+def fills_cache(body: nn.Module, embeds: torch.Tensor) -> bool:
+    """Whether `body` takes a cache through CACHE_ARG and fills it (a behavioural check, no signature
+    reading): one no-grad pass over `embeds` (1, T, D) must leave T positions in the cache."""
+    cache = new_cache()
+    try:
+        with torch.no_grad():
+            body(inputs_embeds=embeds, use_cache=True, **with_cache(cache))
+        return cache.get_seq_length() == embeds.shape[1]
+    except Exception:  # noqa: BLE001 - any failure means "does not take our cache", which is the answer
+        return False

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Set up .venv for softprompt on a machine with only python3 and pip.
-#   bash scripts/setup.sh          # runtime
-#   bash scripts/setup.sh test     # + test extras (pytest, triton for the kernel parity tests)
+# Set up a virtual environment for softprompt on a machine with only python3 and pip.
+#   bash scripts/setup.sh                  # .venv, runtime
+#   bash scripts/setup.sh test             # .venv + test extras (pytest, triton for the kernel parity tests)
+#   bash scripts/setup.sh test lowest      # .venv-lowest: test extras at the lowest supported versions
+#                                          # (ci/constraints-lowest.txt, pyproject.toml's lower bounds)
 # torch: an already-installed torch (e.g. a CUDA build in the system Python) is kept: the venv then
 # sees the system site-packages. Otherwise the pinned CPU build is taken (torch==2.13.0 resolves to
 # the CPU wheel where one is provided locally; a bare `torch` would pull several GB of CUDA packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-}"
+flavour="${2:-newest}"
 venv=.venv
+constraints=()
+if [ "$flavour" = lowest ]; then
+  venv=.venv-lowest
+  constraints=(-c ci/constraints-lowest.txt)
+fi
 if [ ! -x "$venv/bin/python" ]; then
   if python3 -c "import torch" 2>/dev/null; then
     echo "setup: keeping the installed torch $(python3 -c 'import torch; print(torch.__version__)')"
@@ -25,6 +33,6 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
 fi
 target="."
 [ -n "$extra" ] && target=".[$extra]"
-echo "setup: installing softprompt${extra:+ [$extra]} into $venv"
-pipq install -e "$target"
-"$venv/bin/python" -c "import softprompt, torch; print('setup: softprompt', softprompt.__version__, '| torch', torch.__version__)"
+echo "setup: installing softprompt${extra:+ [$extra]} into $venv ($flavour versions)"
+pipq install -e "$target" "${constraints[@]}"
+"$venv/bin/python" -c "import softprompt, torch, transformers, peft, accelerate; print('setup: softprompt', softprompt.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| accelerate', accelerate.__version__)"

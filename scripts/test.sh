@@ -1,6 +1,20 @@
 #!/usr/bin/env bash
-# Set up with the test extras, then run the whole suite (slow tests included). CI runs this.
+# What CI runs (.ci/run), in two jobs; both must pass:
+#  1. the whole suite, slow tests included, on the newest versions pyproject.toml allows (what a new
+#     user gets); extra arguments go to pytest here (e.g. -m "not slow" for a fast loop);
+#  2. the parity-critical tests (shared prefix, cached generate, export/PEFT, DePT) on the lowest
+#     supported versions (ci/constraints-lowest.txt). SOFTPROMPT_SKIP_LOWEST=1 skips it locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 bash scripts/setup.sh test
-HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+echo "== newest versions: the whole suite"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+if [ "${SOFTPROMPT_SKIP_LOWEST:-0}" = 1 ]; then
+  echo "== lowest versions: skipped (SOFTPROMPT_SKIP_LOWEST=1)"
+  exit 0
+fi
+bash scripts/setup.sh test lowest
+echo "== lowest versions: parity-critical tests"
+.venv-lowest/bin/python -m pytest -q -p no:cacheprovider tests/test_shared_prefix.py tests/test_cached_generate.py \
+  tests/test_export.py tests/test_dept.py tests/test_compat.py

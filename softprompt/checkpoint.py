@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from softprompt.errors import SoftPromptError
+
 PREFIX = "step_"
 
 
@@ -91,13 +93,54 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def damaged(file: Path, why: str) -> SoftPromptError:
+    """One error for any unreadable checkpoint file (a disk filled up, a copy cut short), with the fix."""
+    ckpt = file.parent
+    return SoftPromptError(f"checkpoint file {file} is damaged ({why}); delete {ckpt} to resume from the "
+                           "checkpoint before it (with none left, --resume starts over)")
+
+
+def read_meta(path: Path) -> dict:
+    """meta.json of a checkpoint (the resolved config it ran with), checked before anything is loaded."""
+    file = path / "meta.json"
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise damaged(file, first_line(e)) from None
+    if not isinstance(meta, dict):
+        raise damaged(file, "not a JSON object")
+    return meta
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore everything `save_checkpoint` wrote; returns the loop state."""
-    load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
-    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+    """Restore everything `save_checkpoint` wrote; returns the loop state. Both files are read and
+    checked before any state is touched, so a damaged checkpoint leaves the model as it was."""
+    tensors_file, state_file = path / "trainable.safetensors", path / "trainer_state.pt"
+    try:
+        tensors = load_file(str(tensors_file))
+    except Exception as e:  # safetensors raises its own error types for a cut or garbled file
+        raise damaged(tensors_file, first_line(e)) from None
+    params = dict(model.named_parameters())
+    wrong = [n for n, t in tensors.items() if n not in params or params[n].shape != t.shape]
+    if wrong or set(tensors) != {n for n, p in params.items() if p.requires_grad}:
+        raise damaged(tensors_file, f"its tensors do not match the model's trainable ones ({wrong or sorted(tensors)})")
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        missing = {"optimizer", "scheduler", "torch_rng", "python_rng", "loop"} - set(state)
+    except Exception as e:  # torch.load: RuntimeError, EOFError or UnpicklingError depending on the damage
+        raise damaged(state_file, first_line(e)) from None
+    if missing:
+        raise damaged(state_file, f"missing {sorted(missing)}")
+    load_trainable_state(model, tensors)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     py = state["python_rng"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     return state["loop"]
+
+
+def first_line(e: Exception) -> str:
+    """The gist of a reader's error (torch's run to a paragraph on one line): its first sentence."""
+    text = str(e).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(e).__name__

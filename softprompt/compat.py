@@ -6,7 +6,8 @@ from a parameter name in `inspect.signature` alone, which a renaming decorator c
 
 - The key/value cache argument and output: transformers 5.24 renamed `past_key_values` to `cache`
   (forward argument, `generate` argument and the `ModelOutput` attribute); the old keyword still works
-  there, deprecated, and is announced for removal in 5.40 (pyproject.toml caps transformers below it).
+  there, deprecated, and is announced for removal in 5.40; this module makes that removal harmless (pyproject.toml caps
+  transformers below 6, where generate's deprecated spellings go too).
   `CACHE_ARG` is the spelling this transformers' own outputs use.
 """
 

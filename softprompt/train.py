@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +25,11 @@ import torch
 import yaml
 
 from softprompt.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, load_trainable_state,
-                                   save_checkpoint, trainable_state)
+                                   read_meta, save_checkpoint, trainable_state)
 from softprompt.config import Config, to_dict
 from softprompt.data import BatchStream, collate, encode_rows, load_split
 from softprompt.errors import SoftPromptError
+from softprompt.layers import fused
 from softprompt.methods import build_method
 from softprompt.model import load_base
 
@@ -47,14 +50,27 @@ class RunResult:
 
 
 def train(cfg: Config, resume: bool = False) -> RunResult:
+    """Train per `cfg` (continue the run's latest checkpoint with `resume`). While it runs, SIGTERM
+    checkpoints after the current optimizer step and exits with 143 (see `sigterm_flag`)."""
+    with sigterm_flag() as term:
+        return _train(cfg, resume, term)
+
+
+def _train(cfg: Config, resume: bool, term: threading.Event) -> RunResult:
     tc = cfg.train
     run_dir = Path(tc.output_dir) / tc.run_name
     accelerator = build_accelerator(cfg, run_dir)
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
 
-    # data and model
+    # input checks that need no model: they fail before anything is written
     method = build_method(cfg)
+    check_metric(method, tc)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        check_resumable(read_meta(ckpt).get("config"), cfg, ckpt)
+
+    # data and model
     base, tokenizer, kind = load_base(cfg.model.name_or_path, cfg.model.kind, cfg.model.dtype,
                                       cfg.model.revision, cfg.model.trust_remote_code)
     torch.manual_seed(tc.seed)
@@ -66,6 +82,7 @@ def train(cfg: Config, resume: bool = False) -> RunResult:
              for k, s in splits.items() if s}
     eval_items = items.get("eval")
     model.to(accelerator.device)
+    fused.enabled(cfg.prompt.kernel, model.input_table, model.device)  # e.g. triton forced on CPU: fail now
 
     # optimizer and schedule
     groups = method.param_groups(model)
@@ -74,13 +91,21 @@ def train(cfg: Config, resume: bool = False) -> RunResult:
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     trainable = [p for g in groups for p in g["params"]]
 
-    loop = {"step": 0, "position": 0, "best_value": None, "best_metrics": {}, "best_state": None,
-            "bad_evals": 0, "before": {}, "history": []}
-    if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
-        loop = load_checkpoint(ckpt, model, optimizer, scheduler)
+    # stopped: None while training, then "early_stopping" or "max_steps" (saved with the last checkpoint);
+    # last_metrics: the latest eval, which describes the last step's adapter (an eval runs at the last step)
+    loop = {"step": 0, "position": 0, "best_value": None, "best_metrics": {}, "best_state": None, "best_step": None,
+            "bad_evals": 0, "before": {}, "history": [], "last_metrics": {}, "stopped": None}
+    if ckpt is not None:
+        loop.update(load_checkpoint(ckpt, model, optimizer, scheduler))
+        if finished(loop, tc) and (run_dir / "final").is_dir():
+            how = ("early stopping; train without --resume to start over" if loop["stopped"] == "early_stopping"
+                   else "max_steps reached; raise train.max_steps to train on")
+            accelerator.print(f"{run_dir} already finished at step {loop['step']} ({how}); final/ is unchanged")
+            return finished_result(run_dir, loop, model)
         accelerator.print(f"resumed from {ckpt} at step {loop['step']}")
-        if main:  # drop what the interrupted run logged after its last checkpoint
+        if main:  # drop what the interrupted run logged after its last checkpoint; record what runs now
             (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in loop["history"]))
+            write_config(run_dir, cfg)
     elif main:
         start_fresh(run_dir, cfg)
     accelerator.wait_for_everyone()
@@ -109,7 +134,7 @@ def train(cfg: Config, resume: bool = False) -> RunResult:
     stream = BatchStream(items["train"], tc.batch_size, tc.seed, cfg.data.group_by_length, rank, world, loop["position"])
     progress = tqdm_bar(tc, main, loop["step"])
     wrapped.train()
-    stop = False
+    stop = loop["stopped"] == "early_stopping"  # resumed after its last checkpoint, before final/ was written
     window_start = time.perf_counter()
     while loop["step"] < tc.max_steps and not stop:
         micro = [collate(stream.next(), tokenizer.pad_token_id, kind) for _ in range(tc.gradient_accumulation_steps)]
@@ -146,26 +171,41 @@ def train(cfg: Config, resume: bool = False) -> RunResult:
         if eval_items and (step % tc.eval_every == 0 or step == tc.max_steps):
             metrics = method.evaluate(model, eval_items, tc.eval_batch_size)
             record(metrics, step)
-            stop = update_best(loop, metrics, model, tc)
+            loop["last_metrics"] = dict(metrics)
+            stop = update_best(loop, metrics, model, tc, step)
             if stop:
+                loop["stopped"] = "early_stopping"
                 accelerator.print(f"early stopping at step {step}: no {tc.metric} improvement in "
                                   f"{tc.early_stopping_patience} evaluations")
-        if step % tc.save_every == 0 or step == tc.max_steps or stop:
+        if step == tc.max_steps and not stop:
+            loop["stopped"] = "max_steps"
+        # every rank must agree to stop on a signal, or the others would wait for it forever
+        terminated = term.is_set() if world == 1 else bool(
+            accelerator.reduce(torch.tensor(float(term.is_set()), device=accelerator.device), reduction="sum").item())
+        if step % tc.save_every == 0 or step == tc.max_steps or stop or terminated:
             if main:
                 save_checkpoint(run_dir, step, model, optimizer, scheduler, loop,
                                 {"config": to_dict(cfg), "metrics": loop["history"][-3:]}, tc.keep_checkpoints)
             accelerator.wait_for_everyone()
+        if terminated:
+            progress.close()
+            saved = run_dir / f"step_{step:06d}"
+            accelerator.print(f"SIGTERM: saved checkpoint {saved} after step {step}; continue with --resume")
+            accelerator.end_training()
+            raise SystemExit(143)  # 128 + SIGTERM, what a shell reports for a process the signal ended
     progress.close()
 
-    # the adapter users get: best by the chosen metric, or the last
-    if tc.keep_best and loop["best_state"] is not None:
-        load_trainable_state(model, loop["best_state"])
-    result = RunResult(run_dir, run_dir / "final", loop["step"], n_params, loop["before"], loop["best_metrics"])
+    # the adapter users get (best by the chosen metric, or the last), described by its own metrics
+    state, final_metrics, source_step = final_choice(loop, tc)
+    if state is not None:
+        load_trainable_state(model, state)
+    result = RunResult(run_dir, run_dir / "final", loop["step"], n_params, loop["before"], dict(final_metrics))
     if "test" in items:
         result.test = {k.replace("eval_", "test_"): v for k, v in method.evaluate(model, items["test"], tc.eval_batch_size).items()}
         record(result.test, loop["step"])
     if main:
-        model.save_adapter(result.adapter_dir, method=cfg.method.name, steps=loop["step"], metrics=result.test or loop["best_metrics"])
+        model.save_adapter(result.adapter_dir, method=cfg.method.name, steps=loop["step"], source_step=source_step,
+                           metrics={**final_metrics, **result.test})
         plot_curves(loop["history"], run_dir / "curves.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -225,7 +265,82 @@ def start_fresh(run_dir: Path, cfg: Config) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    write_config(run_dir, cfg)
+
+
+def write_config(run_dir: Path, cfg: Config) -> None:
+    """config.yaml: the config that ran (rewritten on resume, which may change e.g. train.max_steps)."""
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+    """SIGTERM (a scheduler's preemption, `kill`) sets a flag instead of ending the process, so the loop
+    can finish its optimizer step and checkpoint first; the previous handler is restored afterwards.
+    Signals reach only the main thread, so train() called from another thread keeps the default."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+# Keys a resumed run may change. Each applies exactly from the step it resumes at, as none is part of the
+# model, the optimizer state, the data stream or the eval that picks the best adapter (output_dir and
+# run_name only locate the run: a checkpoint was found there).
+RESUMABLE = frozenset({
+    "train.output_dir", "train.run_name", "train.max_steps", "train.eval_every", "train.save_every",
+    "train.log_every", "train.keep_checkpoints", "train.progress_bar", "train.trackers",
+    "train.early_stopping_patience", "train.eval_batch_size", "train.keep_best",
+})
+
+
+def check_resumable(old: dict | None, cfg: Config, ckpt: Path) -> None:
+    """Refuse to resume `ckpt` with a recipe that differs in anything but RESUMABLE keys: the checkpoint's
+    state (prompt shape, optimizer moments, data position) belongs to the config it recorded."""
+    if old is None:  # written before checkpoints recorded their config: nothing to compare
+        return
+    before, now = flat(old), flat(to_dict(cfg))
+    changed = [k for k in sorted(before.keys() | now.keys())
+               if k not in RESUMABLE and before.get(k, "<unset>") != now.get(k, "<unset>")]
+    if changed:
+        diff = ", ".join(f"{k} ({before.get(k, '<unset>')} -> {now.get(k, '<unset>')})" for k in changed)
+        raise SoftPromptError(f"cannot resume {ckpt}: the recipe changed {diff}; restore those values, "
+                              "or train without --resume to start over")
+
+
+def finished(loop: dict, tc) -> bool:
+    """The run this loop state belongs to has ended: early stopping fired, or max_steps is reached."""
+    return loop["stopped"] == "early_stopping" or loop["step"] >= tc.max_steps
+
+
+def final_choice(loop: dict, tc) -> tuple[dict | None, dict, int]:
+    """The adapter for final/ (trainable tensors to load, or None: the model as it is), the eval metrics
+    that describe it, and the step it comes from: the best by `tc.metric` with keep_best, else the last
+    step's, which the last eval measured (an eval runs at max_steps and at an early stop)."""
+    if tc.keep_best and loop["best_state"] is not None:
+        return loop["best_state"], loop["best_metrics"], loop["best_step"]
+    return None, loop["last_metrics"], loop["step"]
+
+
+def finished_result(run_dir: Path, loop: dict, model) -> RunResult:
+    """The result of a run that had already ended, read back from final/ and metrics.jsonl (nothing is
+    rewritten); `model` gets final/'s adapter, which is the last checkpoint's or the best one it kept."""
+    from softprompt.export import SIDECAR
+
+    meta = json.loads((run_dir / "final" / SIDECAR).read_text())
+    if loop["best_state"] is not None and meta.get("source_step") == loop["best_step"] != loop["step"]:
+        load_trainable_state(model, loop["best_state"])
+    metrics = meta.get("metrics") or {}
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+    return RunResult(run_dir, run_dir / "final", loop["step"], model.trainable_parameters(), loop["before"],
+                     best={k: v for k, v in metrics.items() if not k.startswith("test_")},
+                     test={k: v for k, v in metrics.items() if k.startswith("test_")},
+                     history=[json.loads(line) for line in lines], model=model)
 
 
 def label_tokens(labels: torch.Tensor, kind: str) -> int:
@@ -253,14 +368,33 @@ def build_scheduler(cfg: Config, optimizer):
     return get_scheduler(name, optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps)
 
 
-def update_best(loop: dict, metrics: dict, model, tc) -> bool:
+def check_metric(method, tc) -> None:
+    """train.metric must be one the method's evaluate() returns: a typo fails before anything is
+    written, not at the first eval after checkpoints exist."""
+    names = method.metric_names()
+    if tc.metric not in names:
+        hint = " (eval_accuracy needs train.generate_eval: true)" if tc.metric == "eval_accuracy" else ""
+        raise SoftPromptError(f"train.metric: {tc.metric!r} is not an eval metric of this run; "
+                              f"choose one of {sorted(names)}{hint}")
+
+
+def greater_is_better(tc) -> bool:
+    """The direction of `tc.metric`: `tc.greater_is_better` when set, else lower for losses and
+    perplexities and higher for everything else (accuracy, F1, ...)."""
+    if tc.greater_is_better is not None:
+        return tc.greater_is_better
+    return not any(word in tc.metric.lower() for word in ("loss", "ppl", "perplexity"))
+
+
+def update_best(loop: dict, metrics: dict, model, tc, step: int) -> bool:
     """Track the best eval by `tc.metric`; returns True when early stopping should stop the run."""
     if tc.metric not in metrics:
         raise SoftPromptError(f"train.metric: {tc.metric!r} is not an eval metric; available: {sorted(metrics)}")
     value = metrics[tc.metric]
     best = loop["best_value"]
-    if best is None or (value > best if tc.greater_is_better else value < best):
-        loop.update(best_value=value, best_metrics=dict(metrics), best_state=trainable_state(model), bad_evals=0)
+    if best is None or (value > best if greater_is_better(tc) else value < best):
+        loop.update(best_value=value, best_metrics=dict(metrics), best_state=trainable_state(model), best_step=step,
+                    bad_evals=0)
         return False
     loop["bad_evals"] += 1
     return tc.early_stopping_patience is not None and loop["bad_evals"] >= tc.early_stopping_patience

@@ -94,7 +94,7 @@ DECODER_FAMILIES = {
     "falcon": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=True,
                    num_kv_heads=2),
     "jamba": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2),  # hybrid attention + Mamba: no shared prefix
+                  num_key_value_heads=2, use_mamba_kernels=False),  # hybrid attention + Mamba: no shared prefix
     # position schemes beyond plain RoPE; "<model_type>-<variant>" names a variant of a model type
     "llama-dynamic": dict(_ROPE, max_position_embeddings=16,  # dynamic NTK scaling past 16 tokens
                           rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}),

@@ -29,11 +29,16 @@ def epoch_order(lengths: list[int], epoch: int, seed: int, batch_size: int, grou
     """The sample order of one epoch: a permutation seeded by (seed, epoch), so any position in any
     epoch can be recomputed on resume without saved sampler state. With `group_by_length`, each
     window of 50 batches is sorted by length (longest first) and its batches shuffled, which keeps
-    padding low while keeping the order random at the window scale."""
+    padding low while keeping the order random at the window scale. The permutation is first cut to
+    whole batches (the epoch's dropped remainder stays random), so every group is a full batch: a
+    ragged group shuffled into the middle would shift all later batches across two groups and make
+    one epoch's slices differ in shape between ranks."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(lengths), generator=g).tolist()
     if not group_by_length:
         return order
+    if len(order) >= batch_size:  # smaller: one short group, which BatchStream cycles to a full batch
+        order = order[: len(order) // batch_size * batch_size]
     window = batch_size * 50
     grouped = []
     for start in range(0, len(order), window):

@@ -107,6 +107,9 @@ class DePT:
     def loss(self, model, batch):
         return self.objective.loss(model, batch)
 
+    def metric_names(self) -> list[str]:
+        return self.objective.metric_names()
+
     def evaluate(self, model, items, batch_size):
         return self.objective.evaluate(model, items, batch_size)
 

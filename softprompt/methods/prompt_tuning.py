@@ -53,6 +53,10 @@ class PromptTuning:
         out = model(**batch)
         return out.loss_sum, out.num_tokens
 
+    def metric_names(self) -> list[str]:
+        """What `evaluate` returns, known before any model is built (the loop checks train.metric with it)."""
+        return ["eval_loss", "eval_ppl"] + (["eval_accuracy"] if self.cfg.train.generate_eval else [])
+
     def evaluate(self, model, items, batch_size):
         from softprompt.evaluate import exact_match, lm_loss
 

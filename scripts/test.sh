@@ -15,6 +15,7 @@ if [ "${SOFTPROMPT_SKIP_LOWEST:-0}" = 1 ]; then
   exit 0
 fi
 bash scripts/setup.sh test lowest
-echo "== lowest versions: parity-critical tests"
+echo "== lowest versions: parity-critical tests (+ one run through the trackers and the curves plot)"
 .venv-lowest/bin/python -m pytest -q -p no:cacheprovider tests/test_shared_prefix.py tests/test_cached_generate.py \
-  tests/test_export.py tests/test_dept.py tests/test_compat.py
+  tests/test_export.py tests/test_dept.py tests/test_compat.py tests/test_train.py::test_run_dir_outputs \
+  tests/test_train.py::test_trackers_wandb_offline_and_tensorboard

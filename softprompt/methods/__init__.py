@@ -24,6 +24,8 @@ class Method(Protocol):
 
     def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]: ...
 
+    def metric_names(self) -> tuple[str, ...]: ...  # what evaluate() returns (train.metric is checked against it)
+
 
 @dataclass(frozen=True)
 class MethodSpec:

@@ -106,6 +106,10 @@ DECODER_FAMILIES = {
     "mistral-window": dict(_ROPE, sliding_window=4),
     "qwen2-window": dict(_ROPE, sliding_window=4, use_sliding_window=True, max_window_layers=0),
     "cohere2": dict(_ROPE, sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
+    "olmo3": dict(_ROPE, sliding_window=4, layer_types=["sliding_attention", "full_attention"]),
+    "mixtral-window": dict(_ROPE, num_local_experts=4, num_experts_per_tok=2, sliding_window=4),
+    "phi3-window": dict(_ROPE, sliding_window=4),
+    "starcoder2-window": dict(_ROPE, sliding_window=4),
     "gpt_neo": dict(hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=256, window_size=4,
                     attention_types=[[["local", "global"], 1]]),  # local attention, learned positions
     "mpt": dict(d_model=32, n_heads=4, n_layers=2, max_seq_len=256),  # ALiBi

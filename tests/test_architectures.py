@@ -22,7 +22,8 @@ CAUSAL = ["llama", "gpt2", "qwen2", "mistral", *DECODER_FAMILIES]
 ENCODERS = list(ENCODER_FAMILIES)
 SEQ2SEQ = ["t5", "bart"]
 # Families whose attention counts key columns (windows narrower than p + L, local attention, ALiBi)
-COLUMN_SENSITIVE = ["mistral-window", "qwen2-window", "gemma2", "gemma3_text", "cohere2", "gpt_neo", "mpt", "bloom"]
+COLUMN_SENSITIVE = ["mistral-window", "qwen2-window", "mixtral-window", "phi3-window", "starcoder2-window", "gemma2",
+                    "gemma3_text", "cohere2", "olmo3", "gpt_neo", "mpt", "bloom"]
 
 
 def wrap(family, seed=0):

@@ -10,6 +10,7 @@ checked against the field types. The defaults are the embedded demo (`model.name
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -101,7 +102,7 @@ class TrainConfig:
     save_every: int = 100
     keep_checkpoints: int = 2
     metric: str = "eval_loss"  # any logged eval metric: eval_loss, eval_accuracy, ...
-    greater_is_better: bool = False
+    greater_is_better: bool | None = None  # None: from the metric's name (loss/ppl/perplexity: lower is better)
     keep_best: bool = True  # final/ holds the best adapter by `metric`, else the last
     early_stopping_patience: int | None = None  # evals without improvement before stopping
     generate_eval: bool = True  # exact-match accuracy by greedy generation at each eval
@@ -159,12 +160,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"recipe {str(p)!r} is a directory; pass the path of a YAML file (see recipes/)")
         if not p.is_file():
             raise ConfigError(f"recipe not found: {str(p)!r}; pass the path of a YAML file (see recipes/)")
+        text = read_utf8(p, "recipe")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if data is None:
+            raise ConfigError(f"recipe {str(p)!r} is empty; give at least one section (model, data, train, ...) "
+                              "or leave the recipe out to run the defaults")
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: a recipe must be a mapping of sections (model, prompt, data, ...)")
     for item in overrides:
@@ -172,10 +179,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return from_dict(data)
 
 
+def read_utf8(path: Path, what: str) -> str:
+    """A text file's contents; a file that is not UTF-8 (UTF-16, latin-1, ...) is a ConfigError naming it."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is harmless
+    except UnicodeDecodeError as e:
+        bom = " (it starts with a UTF-16 byte-order mark)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text{bom}: byte {raw[e.start]:#04x} at offset {e.start}; "
+                          "save it as UTF-8") from None
+
+
 def _apply_override(data: dict, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected key.sub=value, e.g. train.max_steps=20")
     key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {item!r}: no key before '='; expected key.sub=value, e.g. train.max_steps=20")
     parts = key.strip().split(".")
     node = data
     for part in parts[:-1]:
@@ -262,11 +282,21 @@ CHOICES = {
     "train.mixed_precision": ("no", "fp16", "bf16"),
 }
 
+# Keys whose value (when not null) must be > 0, or >= 0; floats must also be finite (no .nan/.inf).
 POSITIVE = (
     "prompt.num_virtual_tokens", "data.max_length", "data.max_target_length", "train.max_steps",
     "train.batch_size", "train.eval_batch_size", "train.gradient_accumulation_steps",
     "train.log_every", "train.eval_every", "train.save_every", "train.max_new_tokens",
+    "prompt.init_range", "prompt.vocab_top_k", "optim.eps", "optim.max_grad_norm", "train.keep_checkpoints",
+    "data.max_train_samples", "data.max_eval_samples", "train.early_stopping_patience",
 )
+NON_NEGATIVE = ("optim.lr", "optim.weight_decay", "optim.warmup_steps")
+HINTS = {
+    "optim.max_grad_norm": "; set it to null to turn clipping off",
+    "data.max_train_samples": "; set it to null to use every row",
+    "data.max_eval_samples": "; set it to null to use every row",
+    "train.early_stopping_patience": "; set it to null to turn early stopping off",
+}
 
 
 def validate(cfg: Config) -> None:
@@ -275,11 +305,21 @@ def validate(cfg: Config) -> None:
         value = _get(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not valid; choose one of {list(allowed)}")
-    for key in POSITIVE:
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {_get(cfg, key)}")
-    if cfg.optim.lr < 0:
-        raise ConfigError(f"optim.lr: must be >= 0, got {cfg.optim.lr}")
+    _check_finite(cfg, "")
+    for keys, low, word in ((POSITIVE, 0, ">"), (NON_NEGATIVE, None, ">=")):
+        for key in keys:
+            value = _get(cfg, key)
+            if value is not None and (value <= 0 if low == 0 else value < 0):
+                raise ConfigError(f"{key}: must be {word} 0, got {value}{HINTS.get(key, '')}")
+    for i, beta in enumerate(cfg.optim.betas):
+        if not 0 <= beta < 1:
+            raise ConfigError(f"optim.betas: each beta must be in [0, 1), got {list(cfg.optim.betas)} "
+                              f"(beta{i + 1} = {beta}); the usual values are [0.9, 0.999]")
+    if cfg.optim.warmup_steps > cfg.train.max_steps:
+        raise ConfigError(f"optim.warmup_steps: {cfg.optim.warmup_steps} is longer than train.max_steps="
+                          f"{cfg.train.max_steps}, so the learning rate would never reach optim.lr; lower it")
+    for key in ("data.source_template", "data.target_template"):
+        template_fields(_get(cfg, key), key)
     if cfg.prompt.init == "text" and not cfg.prompt.init_text:
         raise ConfigError("prompt.init_text: required when prompt.init is 'text'")
     if cfg.prompt.init == "class_label" and not cfg.prompt.init_labels:
@@ -291,6 +331,49 @@ def validate(cfg: Config) -> None:
     for tracker in cfg.train.trackers:
         if tracker not in ("wandb", "tensorboard"):
             raise ConfigError(f"train.trackers: {tracker!r} is not valid; use any of ['wandb', 'tensorboard']")
+
+
+def _check_finite(node: Any, where: str) -> None:
+    """Every float in the config (sections and the method preset) is finite: YAML reads .nan and .inf."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+
+
+TEMPLATE_HELP = ("fields are plain column names like {source}; write literal braces as {{ and }} "
+                 "(e.g. JSON: '{{\"answer\": \"{target}\"}}')")
+
+
+def template_fields(template: str, key: str) -> list[str]:
+    """The column names a str.format template uses. Refuses what would fail or silently render something
+    else at data time: positional fields ({} {0}), unbalanced braces, attribute/index access
+    ({source.upper} {source[0]}), conversions ({source!r}) and format specs ({score:>5})."""
+    import string
+
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ConfigError(f"{key}: {template!r} has unbalanced braces ({e}); {TEMPLATE_HELP}") from None
+    fields = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if not name.isidentifier():
+            what = ("a positional field" if name == "" or name.isdigit() else
+                    "attribute/index access, which templates do not support" if name.split(".")[0].split("[")[0]
+                    .isidentifier() else "not a column name")
+            raise ConfigError(f"{key}: {shown} in {template!r} is {what}; {TEMPLATE_HELP}")
+        if conversion or spec:
+            raise ConfigError(f"{key}: {shown} in {template!r} converts or formats the value; templates take "
+                              f"the column as it is ({{{name}}}): format the column in the data instead, "
+                              "and write literal braces as {{ and }}")
+        fields.append(name)
+    return fields
 
 
 def _get(cfg: Any, key: str) -> Any:

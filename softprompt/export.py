@@ -113,19 +113,114 @@ def _write_serving(model, prompt: torch.Tensor, out: Path) -> None:
     (out / "serving_meta.json").write_text(json.dumps(meta, indent=2))
 
 
+def read_json(file: Path, fix: str) -> dict:
+    """A JSON object from `file`; anything else (missing, not UTF-8, invalid, not an object) is one clear error."""
+    if not file.is_file():
+        raise SoftPromptError(f"{str(file)!r} does not exist; {fix}")
+    try:
+        data = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SoftPromptError(f"{str(file)!r} is not valid JSON ({getattr(e, 'msg', None) or e.reason}); {fix}") from None
+    if not isinstance(data, dict):
+        raise SoftPromptError(f"{str(file)!r} holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
+
+
+def read_tensors(file: Path, fix: str) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file. Never unpickles: a torch.save/pickle file is refused by name."""
+    if not file.is_file():
+        raise SoftPromptError(f"{str(file)!r} does not exist; {fix}")
+    with open(file, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80" or head == b"PK":
+        raise SoftPromptError(f"{str(file)!r} is a pickle / torch.save file, not safetensors (pickles are never "
+                              f"loaded: they can run code); convert it with safetensors.torch.save_file, or {fix}")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: truncated, empty, not safetensors
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0][:160]
+        raise SoftPromptError(f"{str(file)!r} is not a readable safetensors file ({reason}); it may be truncated; "
+                              f"{fix}") from None
+
+
+def _int_field(meta: dict, key: str, file: Path, fix: str) -> int:
+    value = meta.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise SoftPromptError(f"{str(file)!r}: {key} is {value!r}, expected a positive integer; {fix}")
+    return value
+
+
 def read_sidecar(adapter_dir: Path) -> dict:
+    fix = "re-export the adapter, or point at a run's final/ or a PEFT prompt-tuning dir"
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise SoftPromptError(
             f"adapter: {str(adapter_dir)!r} is not an adapter dir (no adapter_model.safetensors); "
             "point at a run's final/ or a PEFT prompt-tuning dir"
         )
     if (adapter_dir / SIDECAR).is_file():
-        return json.loads((adapter_dir / SIDECAR).read_text())
-    peft_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())  # a plain PEFT adapter
+        meta = read_json(adapter_dir / SIDECAR, fix)
+        for key in ("num_virtual_tokens", "token_dim"):
+            _int_field(meta, key, adapter_dir / SIDECAR, fix)
+        meta["rows"] = meta["num_virtual_tokens"]
+        return meta
+    file = adapter_dir / "adapter_config.json"
+    peft_cfg = read_json(file, fix)  # a plain PEFT adapter
     if peft_cfg.get("peft_type") != "PROMPT_TUNING":
         raise SoftPromptError(f"adapter: {str(adapter_dir)!r} is a {peft_cfg.get('peft_type')} adapter; only PROMPT_TUNING imports")
-    return {"base_model": peft_cfg.get("base_model_name_or_path"), "kind": None, "offset": None,
-            "token_dim": peft_cfg["token_dim"], "num_virtual_tokens": peft_cfg["num_virtual_tokens"]}
+    p, dim = (_int_field(peft_cfg, key, file, fix) for key in ("num_virtual_tokens", "token_dim"))
+    task = peft_cfg.get("task_type")
+    # PEFT's own default: None means 2 for SEQ_2_SEQ_LM (an encoder prompt, then a decoder prompt), else 1
+    submodules = peft_cfg.get("num_transformer_submodules") or (2 if task == "SEQ_2_SEQ_LM" else 1)
+    if submodules not in (1, 2):
+        raise SoftPromptError(f"{str(file)!r}: num_transformer_submodules is {submodules!r}, expected 1 or 2; {fix}")
+    kind = {"CAUSAL_LM": "causal", "SEQ_2_SEQ_LM": "seq2seq"}.get(task)
+    return {"base_model": peft_cfg.get("base_model_name_or_path"), "kind": kind, "offset": None,
+            "token_dim": dim, "num_virtual_tokens": p, "rows": p * submodules,
+            "num_transformer_submodules": submodules}
+
+
+def read_prompt(adapter_dir: Path, meta: dict) -> torch.Tensor:
+    """The (p, d) prompt, its shape checked against the config before any model loads. A PEFT seq2seq
+    adapter saved with num_transformer_submodules 2 holds (2p, d): p encoder rows then p decoder rows.
+    PEFT prepends the decoder rows to the decoder's input; our seq2seq prompt is encoder-only, so such an
+    adapter cannot be reproduced and is refused rather than loaded as a 2p-row encoder prompt."""
+    file = adapter_dir / "adapter_model.safetensors"
+    fix = "re-export the adapter"
+    tensors = read_tensors(file, fix)
+    if "prompt_embeddings" not in tensors:
+        raise SoftPromptError(f"{str(file)!r} has no 'prompt_embeddings' tensor (it holds {sorted(tensors)[:5]}); {fix}")
+    prompt = tensors["prompt_embeddings"]
+    expected = (meta["rows"], meta["token_dim"])
+    if tuple(prompt.shape) != expected:
+        raise SoftPromptError(
+            f"{str(file)!r}: prompt_embeddings has shape {tuple(prompt.shape)} but the adapter's config says "
+            f"{expected} (num_virtual_tokens={meta['num_virtual_tokens']}, token_dim={meta['token_dim']}"
+            f"{', num_transformer_submodules=2' if meta.get('num_transformer_submodules') == 2 else ''}); "
+            "the file is damaged or belongs to another adapter"
+        )
+    if meta.get("num_transformer_submodules") == 2:
+        raise SoftPromptError(
+            f"adapter: {str(adapter_dir)!r} is a PEFT seq2seq adapter saved with num_transformer_submodules: 2 "
+            f"(an encoder prompt and a decoder prompt, {meta['num_virtual_tokens']} rows each); softprompt's seq2seq "
+            "prompt is encoder-only, so it cannot reproduce it. Train it with PromptTuningConfig("
+            "num_transformer_submodules=1) or with softprompt"
+        )
+    return prompt
+
+
+def check_new_output(out: str | Path) -> Path:
+    """An export target that is safe to create: not '.', not an existing file, not a dir with files in it
+    (export would replace it). Checked before anything is loaded or written."""
+    path = Path(out)
+    fix = "give a new directory path (export creates it)"
+    if path.resolve() == Path.cwd().resolve():
+        raise SoftPromptError(f"export: {str(out)!r} is the current directory, which export would replace; {fix}")
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        raise SoftPromptError(f"export: {str(out)!r} is an existing file; {fix}")
+    if path.is_dir() and any(path.iterdir()):
+        raise SoftPromptError(f"export: {str(out)!r} is not empty, and export would replace what it holds; {fix}, "
+                              "or delete it first")
+    return path
 
 
 def check_base(meta: dict, base, where: str) -> None:
@@ -146,23 +241,28 @@ def load_adapter(adapter_dir: str | Path, base=None, tokenizer=None):
     from softprompt.methods import dept
     from softprompt.model import SoftPromptModel, detect_kind, load_base
 
+    from softprompt.loading_checks import check_model_dir
+
     path = Path(adapter_dir)
-    if dept.is_official(path):  # saved by the official DePT code (PEFT fork, PROMPT_TUNING_LORA)
-        return dept.load_official(path, base=base, tokenizer=tokenizer)
+    config = path / "adapter_config.json"
+    if config.is_file() and read_json(config, "re-export the adapter").get("peft_type") == "PROMPT_TUNING_LORA":
+        return dept.load_official(path, base=base, tokenizer=tokenizer)  # saved by the official DePT code
     meta = read_sidecar(path)
+    prompt = read_prompt(path, meta)  # checked before any model loads
+    extra = read_tensors(path / EXTRA, "re-export the adapter") if meta.get("offset") else None
     kind = meta.get("kind")
     if base is None:
         if not meta.get("base_model"):
             raise SoftPromptError(f"adapter: {str(path)!r} names no base model; pass base=... explicitly")
+        check_model_dir(meta["base_model"], kind or "auto", where=f"adapter {str(path)!r}: base model")
         base, loaded_tok, kind = load_base(meta["base_model"], kind=kind or "auto")
         tokenizer = tokenizer or loaded_tok
     check_base(meta, base, repr(str(path)))
-    prompt = load_file(str(path / "adapter_model.safetensors"))["prompt_embeddings"]
     offset = None
     if meta.get("offset"):
         spec = dict(meta["offset"])
         offset = OFFSETS[spec.pop("type")](**spec)
-        offset.load_state_dict(load_file(str(path / EXTRA)))
+        offset.load_state_dict(extra)
     layer = PromptEmbedding(prompt, offset=offset)
     model = SoftPromptModel(base, layer, tokenizer, kind or detect_kind(base.config), meta.get("base_model"))
     return model.to(base.device)

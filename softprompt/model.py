@@ -76,6 +76,9 @@ def load_base(name_or_path: str, kind: str = "auto", dtype: str = "float32", rev
     from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                               AutoTokenizer)
 
+    from softprompt.loading_checks import check_model_dir
+
+    check_model_dir(name_or_path, kind)  # a local dir missing weights/tokenizer, or of another kind: one clear error
     path = resolve_model_path(name_or_path)
     try:
         config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -49,14 +50,16 @@ class RunResult:
     model: object = None  # the trained SoftPromptModel (final/'s adapter loaded)
 
 
-def train(cfg: Config, resume: bool = False) -> RunResult:
+def train(cfg: Config, resume: bool = False, on_accepted: Callable[[], None] | None = None) -> RunResult:
     """Train per `cfg` (continue the run's latest checkpoint with `resume`). While it runs, SIGTERM
-    checkpoints after the current optimizer step and exits with 143 (see `sigterm_flag`)."""
+    checkpoints after the current optimizer step and exits with 143 (see `sigterm_flag`). `on_accepted`
+    is called once every input check has passed, just before the run dir is written (the CLI prints the
+    warnings it held back until then)."""
     with sigterm_flag() as term:
-        return _train(cfg, resume, term)
+        return _train(cfg, resume, term, on_accepted or (lambda: None))
 
 
-def _train(cfg: Config, resume: bool, term: threading.Event) -> RunResult:
+def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callable[[], None]) -> RunResult:
     tc = cfg.train
     run_dir = Path(tc.output_dir) / tc.run_name
     accelerator = build_accelerator(cfg, run_dir)
@@ -97,6 +100,7 @@ def _train(cfg: Config, resume: bool, term: threading.Event) -> RunResult:
             "bad_evals": 0, "before": {}, "history": [], "last_metrics": {}, "stopped": None}
     if ckpt is not None:
         loop.update(load_checkpoint(ckpt, model, optimizer, scheduler))
+        on_accepted()  # the last input check (a damaged checkpoint) has passed
         if finished(loop, tc) and (run_dir / "final").is_dir():
             how = ("early stopping; train without --resume to start over" if loop["stopped"] == "early_stopping"
                    else "max_steps reached; raise train.max_steps to train on")
@@ -106,8 +110,10 @@ def _train(cfg: Config, resume: bool, term: threading.Event) -> RunResult:
         if main:  # drop what the interrupted run logged after its last checkpoint; record what runs now
             (run_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in loop["history"]))
             write_config(run_dir, cfg)
-    elif main:
-        start_fresh(run_dir, cfg)
+    else:
+        on_accepted()
+        if main:
+            start_fresh(run_dir, cfg)
     accelerator.wait_for_everyone()
     if tc.trackers:  # only now: bad input must fail before anything is written
         accelerator.init_trackers(tc.run_name, config=flat(to_dict(cfg)), init_kwargs=tracker_kwargs(tc, run_dir))

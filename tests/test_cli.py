@@ -89,3 +89,59 @@ def test_python_m_train_and_generate(tmp_path, task, saved_model):
     gen = subprocess.run([sys.executable, "-m", "softprompt", "generate", adapter, "apple =", "--max-new-tokens", "3"],
                          capture_output=True, text=True, timeout=120)
     assert gen.returncode == 0 and gen.stdout.startswith("apple =")
+
+
+def test_held_warnings_are_shown_when_the_command_succeeds(caplog, monkeypatch):
+    """Warnings and log lines are held while a command runs: dropped before a bad-input error (see
+    test_bad_input.py), printed once it succeeds."""
+    import logging
+    import warnings
+
+    import softprompt.methods.dept as dept
+
+    original = dept.format_budget
+
+    def noisy(*args):
+        warnings.warn("a library warning", UserWarning)
+        logging.getLogger("softprompt.methods.dept").warning("our own warning")
+        return original(*args)
+
+    monkeypatch.setattr(dept, "format_budget", noisy)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        assert main(["budget", "--d", "32", "--s", "8", "--l", "4"]) == 0
+    assert [str(w.message) for w in shown] == ["a library warning"]
+    assert "our own warning" in caplog.text
+    assert logging.Logger.callHandlers.__name__ == "callHandlers"  # restored
+
+
+def test_help_still_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["budget", "--help"])
+    assert exit_.value.code == 0 and "--step" in capsys.readouterr().out
+
+
+def test_train_prints_held_warnings_once_its_input_is_accepted(saved_model, tmp_path, caplog, monkeypatch):
+    """Warnings are held back while input may still be refused (so an error line stands alone), and come
+    out as soon as train accepts its input: before the run dir is written, not after training."""
+    import importlib
+    import logging
+
+    train_module = importlib.import_module("softprompt.train")  # the module (the package exports the function)
+
+    load, start = train_module.load_base, train_module.start_fresh
+    seen = {}
+
+    def warn_then_load(*args, **kwargs):  # a warning while the input is still being checked
+        logging.getLogger("softprompt.model").warning("held until accepted")
+        return load(*args, **kwargs)
+
+    def note_then_start(run_dir, cfg):  # the first write of the run: the warning must be out by now
+        seen["logged"] = [r.getMessage() for r in caplog.records]  # what reached the handlers so far
+        return start(run_dir, cfg)
+
+    monkeypatch.setattr(train_module, "load_base", warn_then_load)
+    monkeypatch.setattr(train_module, "start_fresh", note_then_start)
+    argv = ["train", *overrides(saved_model(), write_task(tmp_path / "data"), tmp_path / "out", **{"train.max_steps": 1})]
+    assert main(argv) == 0
+    assert "held until accepted" in seen["logged"]

@@ -100,3 +100,45 @@ def test_batch_stream_resumes_and_groups():
     spread_plain = sum(max(len(i["input_ids"]) for i in bt) - min(len(i["input_ids"]) for i in bt)
                        for bt in (plain.next() for _ in range(10)))
     assert spread < spread_plain  # grouping reduces padding
+
+
+@pytest.mark.parametrize("template, rows, message", [
+    ("{source[0]}", [{"source": "a", "target": "b"}], "attribute/index access"),
+    ("{}", [{"source": "a", "target": "b"}], "positional field"),
+    ("{source}", [{"source": None, "target": "b"}], "no value (null or missing) for column 'source'"),
+    ("{source}", [{"source": "a", "target": ""}], "empty target"),
+    ("{question}", [{"source": "a", "target": "b"}], "refers to column 'question'"),
+])
+def test_templates_and_rows_checked_for_library_callers(tokenizer, template, rows, message):
+    """encode_rows checks templates itself (a DataConfig built in code skips config validation)."""
+    import datasets
+
+    with pytest.raises(SoftPromptError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        encode_rows(datasets.Dataset.from_list(rows), tokenizer, DataConfig(source_template=template), "causal", "train")
+
+
+def test_escaped_braces_render_literally(tokenizer):
+    import datasets
+
+    cfg = DataConfig(source_template='{{"q": "{source}"}}')
+    item = encode_rows(datasets.Dataset.from_list([{"source": "a", "target": "b"}]), tokenizer, cfg, "causal", "train")[0]
+    assert item["source_ids"] == tokenizer('{"q": "a"}')["input_ids"]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("d.csv", "source,target\na,b\nc,d,e\n", "line 3 has 3 fields but the header has 2"),
+    ("d.csv", 'source,target\n"a, quoted",b\n', None),  # a quoted comma is one field
+    ("d.jsonl", '{"source": "a"}\n\n[1]\n', "line 3 is a JSON list"),
+    ("d.json", '[{"source": "a"}, 3]', "item 1 is a JSON int"),
+    ("d.jsonl", "caf\u00e9".encode("latin-1"), "not UTF-8"),
+])
+def test_text_files_checked_before_datasets(tmp_path, name, content, message):
+    from softprompt.data.loading import check_text_file
+
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    if message is None:
+        check_text_file(path)
+    else:
+        with pytest.raises(SoftPromptError, match=message):
+            check_text_file(path)

@@ -74,3 +74,42 @@ def test_adapter_from_another_base_is_refused(saved_model, tokenizer, tmp_path):
         SoftPromptModel.from_adapter(out, base=other, tokenizer=tokenizer)
     with pytest.raises(SoftPromptError, match="not an adapter dir"):
         SoftPromptModel.from_adapter(tmp_path)
+
+
+def test_peft_seq2seq_adapter_with_two_submodules_is_refused(saved_model, tmp_path):
+    """PEFT's seq2seq default saves (2p, d): p encoder rows, then p decoder rows that PEFT prepends to the
+    decoder input. Our seq2seq prompt is encoder-only: refuse rather than load 2p rows as the encoder prompt."""
+    import peft
+    from transformers import AutoModelForSeq2SeqLM
+
+    base = AutoModelForSeq2SeqLM.from_pretrained(saved_model("t5"))
+    pm = peft.get_peft_model(base, peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4))
+    pm.save_pretrained(str(tmp_path / "peft"))
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["num_transformer_submodules"] == 2
+    with pytest.raises(SoftPromptError, match="num_transformer_submodules: 2"):
+        SoftPromptModel.from_adapter(tmp_path / "peft")
+
+
+def test_peft_seq2seq_adapter_with_one_submodule_loads(saved_model, tokenizer, tmp_path):
+    import peft
+    from transformers import AutoModelForSeq2SeqLM
+
+    base = AutoModelForSeq2SeqLM.from_pretrained(saved_model("t5"))
+    cfg = peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4, num_transformer_submodules=1)
+    peft.get_peft_model(base, cfg).save_pretrained(str(tmp_path / "peft"))
+    model = SoftPromptModel.from_adapter(tmp_path / "peft", tokenizer=tokenizer)
+    assert model.kind == "seq2seq" and tuple(model.prompt.prompt.shape) == (4, 32)
+
+
+def test_new_output_checks(tmp_path, monkeypatch):
+    from softprompt.export import check_new_output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    for bad, message in ((".", "current directory"), ("full", "not empty"), ("file", "existing file")):
+        with pytest.raises(SoftPromptError, match=message):
+            check_new_output(bad)
+    assert check_new_output("empty") and check_new_output("new/dir")

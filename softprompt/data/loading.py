@@ -55,10 +55,59 @@ def _load_file(file: Path, split: str):
 
     if not file.read_bytes().strip():
         raise SoftPromptError(f"data: the {split!r} split is empty ({str(file)!r} has no rows); give at least one row")
+    if FORMATS[file.suffix] in ("json", "csv"):
+        check_text_file(file)
     try:
         return datasets.load_dataset(FORMATS[file.suffix], data_files={split: str(file)}, split=split)
     except Exception as e:  # noqa: BLE001
         raise SoftPromptError(f"data.path: cannot read {str(file)!r} ({_first_line(e)})") from None
+
+
+def check_text_file(file: Path) -> None:
+    """What `datasets` would reject with a parser traceback, or accept wrongly, named by line: not UTF-8,
+    a JSON line that is invalid or not an object, a CSV row with more or fewer fields than the header."""
+    import csv
+    import io
+    import json
+
+    from softprompt.config import read_utf8
+
+    where = f"data.path: {str(file)!r}"
+    text = read_utf8(file, "data file")
+    if file.suffix == ".csv":
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, [])
+        for row in reader:
+            if row and len(row) != len(header):
+                raise SoftPromptError(
+                    f"{where} line {reader.line_num} has {len(row)} fields but the header has {len(header)} "
+                    f"({header}); fix the row, and quote values that hold commas (\"a, b\")"
+                )
+        return
+    if file.suffix == ".json":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # JSON lines in a .json file: checked line by line below
+        if isinstance(whole, list):
+            for i, row in enumerate(whole):
+                if not isinstance(row, dict):
+                    raise SoftPromptError(f"{where} item {i} is a JSON {type(row).__name__}, not an object; "
+                                          'give a list of objects like {"source": ..., "target": ...}')
+            return
+        if isinstance(whole, dict):
+            return
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SoftPromptError(f"{where} line {n} is not valid JSON ({e.msg} at column {e.colno}); "
+                                  "give one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise SoftPromptError(f"{where} line {n} is a JSON {type(row).__name__}, not an object; "
+                                  'give one object per line like {"source": ..., "target": ...}')
 
 
 def _first_line(e: Exception) -> str:
@@ -73,6 +122,31 @@ def render(template: str, row: dict, key: str) -> str:
         raise SoftPromptError(
             f"data.{key}: refers to column {e.args[0]!r}, which the dataset lacks; its columns are {sorted(row)}"
         ) from None
+
+
+def check_columns(fields: dict[str, list[str]], columns: list[str], data_cfg, split: str) -> None:
+    """Every column a template uses exists in the split (`label_name` comes from data.label_names)."""
+    have = set(columns) | ({"label_name"} if data_cfg.label_names else set())
+    for key, names in fields.items():
+        for name in names:
+            if name not in have:
+                hint = "; set data.label_names to use {label_name}" if name == "label_name" else ""
+                raise SoftPromptError(f"data.{key}: refers to column {name!r}, which the dataset lacks; "
+                                      f"its columns are {sorted(columns)}{hint}")
+
+
+def check_row(row: dict, fields: dict[str, list[str]], split: str, i: int) -> None:
+    """A row's template columns hold values: no null (a missing key in jsonl reads as null), and a target
+    that is not all empty strings."""
+    for key, names in fields.items():
+        for name in names:
+            if row.get(name) is None:
+                raise SoftPromptError(f"data: {split} row {i} has no value (null or missing) for column {name!r}, "
+                                      f"used by data.{key}; fill it in or drop the row")
+    target = fields["target_template"]
+    if target and all(isinstance(row[n], str) and not row[n].strip() for n in target):
+        raise SoftPromptError(f"data: {split} row {i} has an empty target (column(s) {target} are empty); "
+                              "fill it in or drop the row")
 
 
 def with_label_name(row: dict, data_cfg) -> dict:
@@ -96,11 +170,16 @@ def encode_rows(rows, tokenizer, data_cfg, kind: str, split: str) -> list[dict]:
     limit = data_cfg.max_train_samples if split == data_cfg.train_split else data_cfg.max_eval_samples
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
+    from softprompt.config import template_fields
+
+    fields = {key: template_fields(getattr(data_cfg, key), f"data.{key}") for key in ("source_template", "target_template")}
+    check_columns(fields, list(rows.column_names), data_cfg, split)
     eos = [tokenizer.eos_token_id] if data_cfg.add_eos and tokenizer.eos_token_id is not None else []
     bos = tokenizer.bos_token_id
     out = []
     for i, row in enumerate(rows):
         row = with_label_name(row, data_cfg)
+        check_row(row, fields, split, i)
         source = render(data_cfg.source_template, row, "source_template")
         target = render(data_cfg.target_template, row, "target_template")
         src = tokenizer(source)["input_ids"]

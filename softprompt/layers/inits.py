@@ -82,12 +82,19 @@ def from_file(path: str, num_tokens: int, dim: int) -> torch.Tensor:
         p = p / "adapter_model.safetensors"
     if not p.is_file():
         raise SoftPromptError(f"prompt.init_file: {str(p)!r} does not exist; give a .safetensors/.pt file or adapter dir")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        tensors = load_file(str(p))
-    else:
-        tensors = torch.load(str(p), map_location="cpu", weights_only=True)
+            tensors = load_file(str(p))
+        else:
+            tensors = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated safetensors, pickled code, not a torch file at all
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0][:160]
+        raise SoftPromptError(
+            f"prompt.init_file: cannot read {str(p)!r} ({type(e).__name__}: {reason}); give a .safetensors file, a "
+            "weights-only .pt (torch.save of a tensor or dict of tensors) or an adapter dir"
+        ) from None
     if isinstance(tensors, dict):
         key = "prompt_embeddings" if "prompt_embeddings" in tensors else next(iter(tensors), None)
         tensor = tensors.get(key) if key else None

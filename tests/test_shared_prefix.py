@@ -113,6 +113,7 @@ def test_auto_never_takes_an_inexact_fast_path(family, caplog):
     """Length-dependent rotary scalings (dynamic NTK, LongRoPE) and models whose cache is not a plain
     key/value cache: the forced fast path is inexact or fails, so auto concatenates and says why."""
     base = build_model(family, VOCAB)
+    shared_prefix._logged.clear()  # reasons are logged once per process; earlier tests may have seen this one
     with caplog.at_level(logging.INFO, logger="softprompt.shared_prefix"):
         model = SoftPromptModel(base, PromptEmbedding(torch.randn(3, 32)))
         assert model.execution_mode() == "concat"

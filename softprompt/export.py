@@ -241,12 +241,9 @@ def load_adapter(adapter_dir: str | Path, base=None, tokenizer=None):
     from softprompt.methods import dept
     from softprompt.model import SoftPromptModel, detect_kind, load_base
 
-    from softprompt.loading_checks import check_model_dir
-
     path = Path(adapter_dir)
-    config = path / "adapter_config.json"
-    if config.is_file() and read_json(config, "re-export the adapter").get("peft_type") == "PROMPT_TUNING_LORA":
-        return dept.load_official(path, base=base, tokenizer=tokenizer)  # saved by the official DePT code
+    if dept.is_official(path):  # saved by the official DePT code (PEFT fork, PROMPT_TUNING_LORA)
+        return dept.load_official(path, base=base, tokenizer=tokenizer)
     meta = read_sidecar(path)
     prompt = read_prompt(path, meta)  # checked before any model loads
     extra = read_tensors(path / EXTRA, "re-export the adapter") if meta.get("offset") else None
@@ -254,7 +251,6 @@ def load_adapter(adapter_dir: str | Path, base=None, tokenizer=None):
     if base is None:
         if not meta.get("base_model"):
             raise SoftPromptError(f"adapter: {str(path)!r} names no base model; pass base=... explicitly")
-        check_model_dir(meta["base_model"], kind or "auto", where=f"adapter {str(path)!r}: base model")
         base, loaded_tok, kind = load_base(meta["base_model"], kind=kind or "auto")
         tokenizer = tokenizer or loaded_tok
     check_base(meta, base, repr(str(path)))

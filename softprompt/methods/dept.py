@@ -165,8 +165,14 @@ OFFICIAL_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def is_official(path: str | Path) -> bool:
+    """Whether `path` holds an adapter saved by the official code. An unreadable config is not one: the
+    plain-adapter reader then reports what is wrong with it."""
     cfg = Path(path) / "adapter_config.json"
-    return cfg.is_file() and json.loads(cfg.read_text()).get("peft_type") == "PROMPT_TUNING_LORA"
+    try:
+        data = json.loads(cfg.read_bytes().decode("utf-8")) if cfg.is_file() else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("peft_type") == "PROMPT_TUNING_LORA"
 
 
 def read_official(path: str | Path) -> dict:

@@ -16,7 +16,7 @@ def lm_loss(model, items: list[dict], batch_size: int) -> dict[str, float]:
     model.eval()
     for start in range(0, len(items), batch_size):
         batch = collate(items[start:start + batch_size], model.tokenizer.pad_token_id, model.kind)
-        out = model(**{k: v.to(model.device) for k, v in batch.items()})
+        out = model(**{k: v.to(model.device) for k, v in batch.items()}, right_padded=True)  # collate pads right
         total += out.loss_sum.item()
         count += out.num_tokens.item()
     model.train(was_training)

@@ -224,18 +224,23 @@ class SoftPromptModel(nn.Module):
     # -- forward -----------------------------------------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs) -> SoftPromptOutput:
+                labels: torch.Tensor | None = None, right_padded: bool = False, **kwargs) -> SoftPromptOutput:
+        """Any padding side. `right_padded=True` promises that no row has a pad before a real token (as
+        `data.collate` builds batches): causal models then skip the check for left padding, whose host
+        sync would stall a GPU once per step."""
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask, right_padded = torch.ones_like(input_ids), True
+        if self.kind == "causal":
+            return self._causal(input_ids, attention_mask, labels, right_padded, **kwargs)
         return KINDS[self.kind](self, input_ids, attention_mask, labels, **kwargs)
 
-    def _causal(self, input_ids, attention_mask, labels, **kwargs) -> SoftPromptOutput:
+    def _causal(self, input_ids, attention_mask, labels, right_padded: bool = False, **kwargs) -> SoftPromptOutput:
         # Pads between the prompt and the tokens would take up key slots that sliding windows, local
         # attention and ALiBi count by column, so a left-padded row would differ from the same row
         # unpadded. Right-aligned rows have no such gap, and a causal row never attends to its trailing
         # pads; outputs go back to the input's order at the end.
         order = None
-        if has_gaps(attention_mask):
+        if not right_padded and has_gaps(attention_mask):
             tensors = (input_ids, attention_mask) + ((labels,) if labels is not None else ())
             order, tensors = right_align(*tensors, mask=attention_mask)
             input_ids, attention_mask = tensors[:2]

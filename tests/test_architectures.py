@@ -135,3 +135,22 @@ def test_roberta_matches_peft(tokenizer):
         got = model(ids, mask).logits
     real = mask.bool()
     torch.testing.assert_close(got[real], want[real], rtol=0, atol=2e-5 * max(want.abs().max().item(), 1.0))
+
+
+def test_right_padded_hint_skips_the_check_and_changes_nothing(tokenizer, monkeypatch):
+    """The training loop's batches are right-padded (data.collate): with the hint the causal path skips
+    the left-padding check (a host sync per step on a GPU) and gives the same outputs."""
+    import softprompt.model as model_module
+
+    model = wrap("mistral-window")
+    ids, mask = batch(tokenizer, "right")
+    with torch.no_grad():
+        plain = model(ids, mask, labels=ids)
+
+    def no_check(mask):
+        raise AssertionError("has_gaps ran although the batch was declared right-padded")
+
+    monkeypatch.setattr(model_module, "has_gaps", no_check)
+    with torch.no_grad():
+        hinted = model(ids, mask, labels=ids, right_padded=True)
+    assert torch.equal(hinted.logits, plain.logits) and torch.equal(hinted.loss, plain.loss)

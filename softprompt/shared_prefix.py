@@ -163,8 +163,8 @@ def parity_probe(base: nn.Module) -> str | None:
         return f"{type(base).__name__} does not fill a {compat.CACHE_ARG!r} key/value cache passed to it"
     was_training = base.training
     base.eval()
-    try:
-        with torch.no_grad():
+    try:  # no autocast: the probe compares the two paths at the model's own precision
+        with torch.no_grad(), torch.autocast(table.device.type, enabled=False):
             full_mask = torch.cat([mask.new_ones(2, 3), mask], dim=1)  # (B, p+L)
             full = base(inputs_embeds=torch.cat([prompt.expand(2, -1, -1), tokens], dim=1),  # (B, p+L, D)
                         attention_mask=full_mask, position_ids=(full_mask.cumsum(1) - 1).clamp(min=0),

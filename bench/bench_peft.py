@@ -329,10 +329,8 @@ def markdown(results: dict, command: str) -> str:
     ]
     for point in results["points"]:
         t = point["time"]
-        m = point.get("memory", {})
         sp, pf, fl = t["softprompt"], t["peft"], t["floor"]
-        peak = " / ".join(mib(m.get(k, {}).get("peak_bytes")) for k in ("softprompt", "peft", "floor"))
-        saved = " / ".join(mib(m.get(k, {}).get("saved_bytes")) for k in ("softprompt", "peft", "floor"))
+        peak, saved = memory_cells(point, ("softprompt", "peft", "floor"))
         lines.append(
             f"| {point['config']} | {point['dtype']} | {point['batch']} | {point['p']} | {point['length']} "
             f"| {sp['step_s']:.3f} | {pf['step_s']:.3f} | {fl['step_s']:.3f} | {sp['tokens_per_s']:,.0f} "
@@ -349,6 +347,12 @@ def markdown(results: dict, command: str) -> str:
         for name, (value, goal, ok) in targets.items():
             lines.append(f"- {name}: {value} (target {goal}): {'met' if ok else 'NOT met'}")
     return "\n".join(lines) + "\n"
+
+
+def memory_cells(point: dict, methods) -> tuple[str, str]:
+    """The peak and saved-activation MiB of `methods` at one point, each as "a / b / ..."."""
+    m = point.get("memory", {})
+    return tuple(" / ".join(mib(m.get(k, {}).get(key)) for k in methods) for key in ("peak_bytes", "saved_bytes"))
 
 
 def markdown_lora(results: dict, command: str) -> str:
@@ -385,11 +389,9 @@ def markdown_lora(results: dict, command: str) -> str:
     ]
     for point in results["points"]:
         t = point["time"]
-        m = point.get("memory", {})
         sp, pf, lo, fl = (t[k] for k in METHODS)
         tok = " / ".join(f"{t[k]['tokens_per_s']:,.0f}" for k in METHODS)
-        peak = " / ".join(mib(m.get(k, {}).get("peak_bytes")) for k in METHODS)
-        saved = " / ".join(mib(m.get(k, {}).get("saved_bytes")) for k in METHODS)
+        peak, saved = memory_cells(point, METHODS)
         pt_lora = pf["step_s"] / lo["step_s"]
         lines.append(
             f"| {point['config']} | {point['dtype']} | {point['batch']} | {point['p']} | {point['length']} "

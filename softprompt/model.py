@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softprompt import shared_prefix
+from softprompt import compat, shared_prefix
 from softprompt.errors import SoftPromptError
 from softprompt.layers import PromptEmbedding, apply_offset
 
@@ -339,19 +339,9 @@ class SoftPromptModel(nn.Module):
         else:
             input_ids = texts.to(self.device)
             attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
-        defaults = {"max_new_tokens": 20, "do_sample": False}
-        if self.tokenizer is not None:
-            defaults["pad_token_id"] = self.tokenizer.pad_token_id
-        config = generate_kwargs.get("generation_config")
-        if config is not None:  # the user's config wins; our defaults only fill what it leaves unset
-            config = copy.deepcopy(config)
-            for key, value in defaults.items():
-                if getattr(config, key, None) is None:
-                    setattr(config, key, value)
-            kwargs = {**generate_kwargs, "generation_config": config}
-        else:
-            kwargs = {**defaults, **generate_kwargs}
-        if self.kind == "causal" and self.execution_mode() == "shared_prefix" and not self._gap_blocks_cache(attention_mask):
+        kwargs = self._generate_kwargs(generate_kwargs, input_ids.shape[1])
+        if (self.kind == "causal" and self.execution_mode() == "shared_prefix" and not self._gap_blocks_cache(attention_mask)
+                and not shared_prefix.candidate_decoding(kwargs, self.base.generation_config)):
             # [prompt; pads; tokens]: the prompt's cache is computed once and shared by every call and row
             input_ids, attention_mask = left_align(input_ids, attention_mask, mask=attention_mask)
             embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D)
@@ -367,6 +357,41 @@ class SoftPromptModel(nn.Module):
         decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return decoded[0] if isinstance(inputs, str) else decoded
 
+
+    def _generate_kwargs(self, generate_kwargs: dict, input_length: int) -> dict:
+        """The caller's arguments plus our defaults (20 new tokens, greedy, the tokenizer's pad id) where the
+        caller set nothing: neither as a keyword nor in a passed GenerationConfig. A passed config is copied,
+        never changed. A causal caller's `max_length` counts their tokens and the new ones, while `generate`
+        would count the prompt's embeddings too: it becomes `max_new_tokens` = max_length - input length."""
+        config = generate_kwargs.get("generation_config")
+        generate_kwargs = dict(generate_kwargs)
+
+        def unset(*names: str) -> bool:
+            return all(generate_kwargs.get(n) is None and getattr(config, n, None) is None for n in names)
+
+        defaults = {}
+        max_length = generate_kwargs.pop("max_length", None) if self.kind == "causal" else None
+        if self.kind == "causal" and max_length is None and getattr(config, "max_length", None) is not None:
+            max_length = config.max_length  # transformers 5 leaves unset fields None: the caller set this
+        if unset("max_new_tokens") and max_length is not None:
+            if max_length <= input_length:
+                raise SoftPromptError(f"generate: max_length={max_length} leaves no room after the {input_length}-token "
+                                      "input; raise it or pass max_new_tokens")
+            defaults["max_new_tokens"] = max_length - input_length
+        elif unset("max_new_tokens", "max_length"):
+            defaults["max_new_tokens"] = 20
+        if unset("do_sample"):
+            defaults["do_sample"] = False
+        if self.tokenizer is not None and unset("pad_token_id"):
+            defaults["pad_token_id"] = self.tokenizer.pad_token_id
+        if config is None:
+            return {**defaults, **generate_kwargs}
+        config = copy.deepcopy(config)
+        for key, value in defaults.items():
+            setattr(config, key, value)
+        if max_length is not None:  # now expressed as max_new_tokens
+            config.max_length = None
+        return {**generate_kwargs, "generation_config": config}
 
     def _gap_blocks_cache(self, attention_mask: torch.Tensor) -> bool:
         """True when the shared prompt cache cannot serve this batch exactly: the cache layout puts a
@@ -384,30 +409,57 @@ class SoftPromptModel(nn.Module):
     def _offset_new_tokens(self, attention_mask: torch.Tensor):
         """While `generate` runs, add the token offset (e.g. DePT's) to the tokens it generates, as training
         adds it to every real token a row holds: generated token j of a row with n source tokens takes the
-        row the offset gives real token n + j. `generate` embeds new ids through the base's own table,
-        so a forward hook on that table does it, for this call only."""
+        row the offset gives real token n + j. `generate` embeds new ids through the base's own table, so a
+        forward hook on that table does it, for this call only.
+
+        The row count comes from the attention mask `generate` passes to each forward (a pre-hook keeps it):
+        the prompt's p columns are a row's first p real columns in both layouts, so the real columns after
+        them are the tokens. Reading it each step (rather than counting calls) stays right when candidate
+        decoding (assistants, prompt lookup) proposes tokens and then rejects some."""
         offset = self.prompt.offset
         if offset is None or self.kind != "causal" or not hasattr(offset, "generation_index"):
             yield
             return
-        state = {"mask": attention_mask.long()}  # (B, T): real columns so far
+        p = self.prompt.num_virtual_tokens
+        state = {"mask": None}
 
-        def hook(module, args, out):
+        def keep_mask(module, args, kwargs):
+            state["mask"] = generation_mask(kwargs)
+
+        def add_offset(module, args, out):
             mask = state["mask"]
-            if mask.shape[0] != out.shape[0]:  # beams / returned sequences: generate repeats each row
-                mask = mask.repeat_interleave(out.shape[0] // mask.shape[0], dim=0)
-            mask = torch.cat([mask, mask.new_ones(out.shape[0], out.shape[1])], dim=1)  # (B', T + k)
-            state["mask"] = mask
-            index = offset.generation_index(mask)
+            if mask is None or mask.shape[0] != out.shape[0]:
+                raise SoftPromptError("generate: a token offset (DePT) needs the 2-D attention mask generate passes "
+                                      "to the model; this generation mode passes none")
+            mask = mask.long()  # (B', T): [pads;] prompt, tokens, generated so far (the last k columns: these)
+            tokens = mask * (mask.cumsum(1) > p)  # real columns after the row's first p (the prompt's)
+            index = offset.generation_index(tokens)
             if index is None:
                 return out
             return apply_offset(out, offset.rows(), index[:, -out.shape[1]:])  # (B', k, D)
 
-        handle = self.input_table.register_forward_hook(hook)
+        pre = self.base.register_forward_pre_hook(keep_mask, with_kwargs=True)
+        post = self.input_table.register_forward_hook(add_offset)
         try:
             yield
         finally:
-            handle.remove()
+            pre.remove()
+            post.remove()
+
+
+def generation_mask(forward_kwargs: dict) -> torch.Tensor | None:
+    """The (B, T) attention mask of a forward call inside `generate`, over the cache and the new inputs.
+    `generate` drops a mask with no padding in it; every column is then real, and T is the cache's length
+    plus the new inputs'. None when the call carries a mask that is not 2-D."""
+    mask = forward_kwargs.get("attention_mask")
+    if mask is not None:
+        return mask if mask.dim() == 2 else None
+    new = next((t for t in (forward_kwargs.get("input_ids"), forward_kwargs.get("inputs_embeds")) if t is not None), None)
+    if new is None:
+        return None
+    cache = forward_kwargs.get(compat.CACHE_ARG) or forward_kwargs.get("past_key_values")
+    past = cache.get_seq_length() if cache is not None else 0
+    return torch.ones(new.shape[0], past + new.shape[1], dtype=torch.long, device=new.device)  # (B, T)
 
 
 KINDS: dict[str, Callable] = {

@@ -159,11 +159,11 @@ def parity_probe(base: nn.Module) -> str | None:
     rows = table.detach()[torch.randint(table.shape[0], (9,), generator=generator).to(table.device)]  # (9, D)
     prompt, tokens = rows[:3], rows[3:].view(2, 3, -1)  # (p=3, D), (B=2, L=3, D)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]], device=table.device)  # (B, L)
-    if not compat.fills_cache(base.base_model, prompt.unsqueeze(0)):
-        return f"{type(base).__name__} does not fill a {compat.CACHE_ARG!r} key/value cache passed to it"
-    was_training = base.training
-    base.eval()
+    modes = {m: m.training for m in base.modules()}  # restored one by one: a user may keep some in eval
+    base.eval()  # no dropout: the probe must not draw from the global RNG, nor differ by chance
     try:  # no autocast: the probe compares the two paths at the model's own precision
+        if not compat.fills_cache(base.base_model, prompt.unsqueeze(0)):
+            return f"{type(base).__name__} does not fill a {compat.CACHE_ARG!r} key/value cache passed to it"
         with torch.no_grad(), torch.autocast(table.device.type, enabled=False):
             full_mask = torch.cat([mask.new_ones(2, 3), mask], dim=1)  # (B, p+L)
             full = base(inputs_embeds=torch.cat([prompt.expand(2, -1, -1), tokens], dim=1),  # (B, p+L, D)
@@ -173,7 +173,8 @@ def parity_probe(base: nn.Module) -> str | None:
     except Exception as e:  # noqa: BLE001 - any failure of the fast path on this model means "not exact here"
         return f"the shared-prefix pass fails on {type(base).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
     finally:
-        base.train(was_training)
+        for module, training in modes.items():
+            module.training = training
     real = mask.bool()
     diff = (full - shared).abs()[real].max().item()
     scale = full[real].abs().max().item()
@@ -263,16 +264,27 @@ def generation_inputs(kv, embeds: torch.Tensor, mask: torch.Tensor, generate_kwa
             **compat.with_cache(broadcast_cache(kv, embeds.shape[0] * sequences_per_row(generate_kwargs, generation_config)))}
 
 
-def sequences_per_row(generate_kwargs: dict, default_config) -> int:
-    """How many sequences `generate` runs per input row: beams for beam search, else returned sequences.
-    Read as `generate` reads it: keyword arguments over a passed `generation_config` over the model's."""
-    config = generate_kwargs.get("generation_config") or default_config
+def generation_setting(name: str, generate_kwargs: dict, model_config):
+    """A generation setting as `generate` resolves it: a keyword argument, else a passed
+    `generation_config`'s value, else the model's own generation config (unset fields are None)."""
+    for source in (generate_kwargs, generate_kwargs.get("generation_config"), model_config):
+        value = source.get(name) if isinstance(source, dict) else getattr(source, name, None)
+        if value is not None:
+            return value
+    return None
 
-    def setting(name: str) -> int:
-        value = generate_kwargs.get(name)
-        if value is None:
-            value = getattr(config, name, None)
-        return int(value or 1)
 
-    beams = setting("num_beams")
-    return beams if beams > 1 else setting("num_return_sequences")
+def sequences_per_row(generate_kwargs: dict, model_config) -> int:
+    """How many sequences `generate` runs per input row: beams for beam search, else returned sequences."""
+    beams = int(generation_setting("num_beams", generate_kwargs, model_config) or 1)
+    return beams if beams > 1 else int(generation_setting("num_return_sequences", generate_kwargs, model_config) or 1)
+
+
+def candidate_decoding(generate_kwargs: dict, model_config) -> bool:
+    """Whether `generate` will decode with candidates (an assistant model, prompt lookup, early exit). Its
+    first step feeds the whole input again on top of the cache it was given, so a prompt cache passed in
+    would be seen twice: such calls concatenate instead."""
+    if generate_kwargs.get("assistant_model") is not None:
+        return True
+    return any(generation_setting(name, generate_kwargs, model_config)
+               for name in ("prompt_lookup_num_tokens", "assistant_early_exit"))

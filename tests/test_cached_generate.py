@@ -114,3 +114,53 @@ def test_beams_from_a_generation_config(tokenizer, how):
     want = uncached.generate(ids, mask, **kwargs)
     assert got.shape == (2 * len(TEXTS), 4)
     assert torch.equal(got, want)
+
+
+def skip_unless_lookup_from_embeddings(base):
+    """Older transformers (5.0) cannot run prompt-lookup decoding from inputs_embeds at all (a shape error
+    inside generate, on the bare model): nothing of ours to test there."""
+    embeds = base.get_input_embeddings()(torch.tensor([[5, 6, 7, 5, 6]]))  # (1, 5, D)
+    try:
+        base.generate(inputs_embeds=embeds, max_new_tokens=3, prompt_lookup_num_tokens=2, pad_token_id=0)
+    except (RuntimeError, IndexError) as e:  # the shapes differ by version: what matters is that it fails
+        pytest.skip(f"this transformers cannot decode with prompt lookup from embeddings ({str(e)[:80]})")
+
+
+def test_prompt_lookup_decoding_equals_greedy(tokenizer):
+    """Candidate decoding feeds the whole input again at its first step: the shared prompt cache must not
+    be handed to it (the prompt would count twice). Prompt lookup is greedy, so it equals plain greedy."""
+    cached, uncached = pair("llama", tokenizer)
+    skip_unless_lookup_from_embeddings(cached.base)
+    ids, mask = encode(tokenizer, ["the cat sat on the mat the cat sat on the mat"], "left")
+    common = dict(max_new_tokens=10, min_new_tokens=10, eos_token_id=None, pad_token_id=0)
+    want = uncached.generate(ids, mask, **common)
+    assert torch.equal(cached.generate(ids, mask, prompt_lookup_num_tokens=3, **common), want)
+    assert torch.equal(uncached.generate(ids, mask, prompt_lookup_num_tokens=3, **common), want)
+
+
+def test_model_generation_config_beams_with_a_passed_config(tokenizer):
+    """A setting the passed GenerationConfig leaves unset comes from the model's own generation config,
+    as in `generate`: here num_beams = 2, which the shared cache must be expanded to."""
+    from transformers import GenerationConfig
+
+    cached, uncached = pair("llama", tokenizer)
+    cached.base.generation_config.num_beams = 2
+    ids, mask = encode(tokenizer, TEXTS, "left")
+    config = GenerationConfig(max_new_tokens=3, eos_token_id=None, pad_token_id=0)
+    try:
+        got = cached.generate(ids, mask, generation_config=config)
+        want = uncached.generate(ids, mask, generation_config=config)
+    finally:
+        cached.base.generation_config.num_beams = 1
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("how", ["kwargs", "generation_config"])
+def test_a_callers_max_length_is_kept(tokenizer, how):
+    from transformers import GenerationConfig
+
+    cached, _ = pair("llama", tokenizer)
+    ids, mask = encode(tokenizer, TEXTS, "left")
+    settings = dict(max_length=ids.shape[1] + 4, min_new_tokens=1, eos_token_id=None, pad_token_id=0)
+    kwargs = settings if how == "kwargs" else {"generation_config": GenerationConfig(**settings)}
+    assert cached.generate(ids, mask, **kwargs).shape == (len(TEXTS), 4)  # not our default of 20

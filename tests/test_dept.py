@@ -385,3 +385,17 @@ def test_generated_tokens_past_s_take_no_offset(tokenizer):
     ids, mask = batch(tokenizer, TEXTS[:1])  # 7 tokens: generated tokens cross s=8 at once
     got = dept.generate(ids, mask, max_new_tokens=5, min_new_tokens=5, eos_token_id=None, pad_token_id=0)
     assert torch.equal(got, greedy_over_forward(dept, ids, mask, 5))
+
+
+def test_dept_generate_with_prompt_lookup_equals_greedy(tokenizer):
+    """Candidate decoding proposes tokens and rejects some: the offset rows follow the tokens kept."""
+    from test_cached_generate import skip_unless_lookup_from_embeddings
+
+    dept, _ = tiny("llama", tokenizer, s=64)
+    skip_unless_lookup_from_embeddings(dept.base)
+    with torch.no_grad():
+        dept.prompt.offset.B.mul_(4.0)
+    ids, mask = batch(tokenizer, ["the cat sat on the mat the cat sat on the mat"])
+    got = dept.generate(ids, mask, max_new_tokens=12, min_new_tokens=12, eos_token_id=None, pad_token_id=0,
+                        prompt_lookup_num_tokens=4)
+    assert torch.equal(got, greedy_over_forward(dept, ids, mask, 12))

@@ -265,3 +265,20 @@ def test_bf16_autocast_stays_close():
     torch.testing.assert_close(loss_s, loss_c, rtol=2e-2, atol=0)
     assert torch.nn.functional.cosine_similarity(grad_s.flatten(), grad_c.flatten(), dim=0) > 0.99
 
+
+
+def test_parity_probe_leaves_modes_and_rng_alone():
+    """Choosing the path must not change the model: modules a user put in eval stay there, and dropout
+    in a training-mode model draws nothing from the global RNG."""
+    cfg = tiny_config("llama", VOCAB)
+    cfg.attention_dropout = 0.1
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_config(cfg)
+    base.train()
+    base.model.layers[0].eval()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    SoftPromptModel(base, PromptEmbedding(torch.randn(3, 32, generator=torch.Generator().manual_seed(0))))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert base.training and not base.model.layers[0].training and base.model.layers[1].training

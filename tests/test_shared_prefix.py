@@ -282,3 +282,13 @@ def test_parity_probe_leaves_modes_and_rng_alone():
     SoftPromptModel(base, PromptEmbedding(torch.randn(3, 32, generator=torch.Generator().manual_seed(0))))
     assert torch.equal(torch.get_rng_state(), before)
     assert base.training and not base.model.layers[0].training and base.model.layers[1].training
+
+
+def test_probe_runs_again_when_the_model_changes_under_it():
+    """The probe's answer is cached per model and per dtype/device/attention implementation."""
+    base = build_model("llama", VOCAB)
+    assert shared_prefix.exactness_blocker(base) is None
+    assert len(shared_prefix._probed[base]) == 1
+    base.to(torch.float64)
+    assert shared_prefix.exactness_blocker(base) is None
+    assert len(shared_prefix._probed[base]) == 2  # probed again for the new dtype

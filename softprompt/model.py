@@ -245,6 +245,9 @@ class SoftPromptModel(nn.Module):
             order, tensors = right_align(*tensors, mask=attention_mask)
             input_ids, attention_mask = tensors[:2]
             labels = tensors[2] if labels is not None else None
+            # any other per-token input (e.g. token_type_ids) moves with its tokens
+            kwargs = {k: _gather_rows(v, order) if torch.is_tensor(v) and v.shape[:2] == order.shape else v
+                      for k, v in kwargs.items()}
         length = input_ids.shape[1]
         if self.execution_mode() == "shared_prefix":  # the prompt runs once; only the L tokens run per row
             tokens = self.prompt.token_embeds(input_ids, attention_mask, self.input_table)  # (B, L, D)

@@ -154,3 +154,17 @@ def test_right_padded_hint_skips_the_check_and_changes_nothing(tokenizer, monkey
     with torch.no_grad():
         hinted = model(ids, mask, labels=ids, right_padded=True)
     assert torch.equal(hinted.logits, plain.logits) and torch.equal(hinted.loss, plain.loss)
+
+
+def test_other_per_token_inputs_move_with_their_tokens(tokenizer):
+    """GPT-2 takes token_type_ids: after right-alignment each still belongs to its token."""
+    model = wrap("gpt2")
+    outs = {}
+    for side in ("left", "right"):
+        ids, mask = batch(tokenizer, side)
+        types = (ids % 2) * mask  # a per-token input tied to the token itself
+        with torch.no_grad():
+            logits = model(ids, mask, token_type_ids=types).logits
+        outs[side] = [logits[row][mask[row].bool()] for row in range(len(TEXTS))]
+    for left, right in zip(outs["left"], outs["right"]):
+        torch.testing.assert_close(left, right, rtol=0, atol=1e-5)

@@ -47,6 +47,14 @@ def output_cache(out):
     return None
 
 
+def passed_cache(forward_kwargs: dict):
+    """The cache a forward call was given, under either spelling (None when it was given none)."""
+    for name in (CACHE_ARG, "cache", "past_key_values"):
+        if forward_kwargs.get(name) is not None:
+            return forward_kwargs[name]
+    return None
+
+
 def new_cache():
     from transformers import DynamicCache
 

@@ -360,7 +360,6 @@ class SoftPromptModel(nn.Module):
         decoded = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         return decoded[0] if isinstance(inputs, str) else decoded
 
-
     def _generate_kwargs(self, generate_kwargs: dict, input_length: int) -> dict:
         """The caller's arguments plus our defaults (20 new tokens, greedy, the tokenizer's pad id) where the
         caller set nothing: neither as a keyword nor in a passed GenerationConfig. A passed config is copied,
@@ -460,7 +459,7 @@ def generation_mask(forward_kwargs: dict) -> torch.Tensor | None:
     new = next((t for t in (forward_kwargs.get("input_ids"), forward_kwargs.get("inputs_embeds")) if t is not None), None)
     if new is None:
         return None
-    cache = forward_kwargs.get(compat.CACHE_ARG) or forward_kwargs.get("past_key_values")
+    cache = compat.passed_cache(forward_kwargs)
     past = cache.get_seq_length() if cache is not None else 0
     return torch.ones(new.shape[0], past + new.shape[1], dtype=torch.long, device=new.device)  # (B, T)
 

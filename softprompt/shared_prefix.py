@@ -98,10 +98,7 @@ def column_sensitive(config) -> str | None:
     """What in this config makes attention depend on key *columns* rather than positions alone (so a
     pad column between the prompt and the tokens changes the result), or None. Read from the config:
     windows can be thousands of tokens wide, beyond what a probe of a few tokens can see."""
-    configs = [config]
-    if hasattr(config, "get_text_config"):
-        configs.append(config.get_text_config())
-    for cfg in configs:
+    for cfg in with_text_config(config):
         if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False:
             return f"sliding-window attention (window {cfg.sliding_window})"
         kinds = set(getattr(cfg, "layer_types", None) or ()) - {"full_attention"}
@@ -118,6 +115,11 @@ def column_sensitive(config) -> str | None:
     return None
 
 
+def with_text_config(config) -> list:
+    """The config and, for composite (e.g. multimodal) models, its text model's config."""
+    return [config, config.get_text_config()] if hasattr(config, "get_text_config") else [config]
+
+
 def rope_types(config) -> set[str]:
     """Every rope type a config declares (`rope_scaling` / `rope_parameters`, per layer type too)."""
     found: set[str] = set()
@@ -131,10 +133,7 @@ def rope_types(config) -> set[str]:
                 if isinstance(inner, dict):
                     visit(inner)
 
-    configs = [config]
-    if hasattr(config, "get_text_config"):
-        configs.append(config.get_text_config())
-    for cfg in configs:
+    for cfg in with_text_config(config):
         for attr in ("rope_scaling", "rope_parameters"):
             visit(getattr(cfg, attr, None))
     return found - {"default"}
@@ -145,11 +144,10 @@ _probed: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionar
 
 def exactness_blocker(base: nn.Module) -> str | None:
     """Why the shared prefix is not exact on this loaded model, from a parity probe cached per model and
-    per what can change under it (device, dtypes, attention implementation): moving or casting the model,
-    or switching attention kernels, probes again."""
+    per what can change under it (device, dtype, attention implementation): moving or casting the model,
+    or switching attention kernels, probes again. Asked on every forward, so the key is cheap to read."""
     table = base.get_input_embeddings().weight
-    state = (table.device, table.dtype, tuple(sorted({str(p.dtype) for p in base.parameters()})),
-             getattr(base.config, "_attn_implementation", None))
+    state = (table.device, table.dtype, getattr(base.config, "_attn_implementation", None))
     results = _probed.setdefault(base, {})
     if state not in results:
         results[state] = parity_probe(base)

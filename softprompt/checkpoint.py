@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, gist
 
 PREFIX = "step_"
 
@@ -142,5 +142,4 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 def first_line(e: Exception) -> str:
     """The gist of a reader's error (torch's run to a paragraph on one line): its first sentence."""
-    text = str(e).strip()
-    return text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+    return gist(e, limit=1000).split(". ")[0]

@@ -10,3 +10,13 @@ class SoftPromptError(Exception):
 
 class ConfigError(SoftPromptError):
     """A recipe or override that does not match the config schema."""
+
+
+def gist(e: BaseException, limit: int = 160, typed: bool = False) -> str:
+    """A library error as it goes into one of our one-line messages: its first line (cut to `limit`
+    characters), prefixed by its type's name when `typed`; the type's name alone when it has no message."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0][:limit]
+    return f"{type(e).__name__}: {line}" if typed else line

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from softprompt.checkpoint import atomic_dir, commit
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, gist
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def read_tensors(file: Path, fix: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: truncated, empty, not safetensors
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0][:160]
+        reason = gist(e)
         raise SoftPromptError(f"{str(file)!r} is not a readable safetensors file ({reason}); it may be truncated; "
                               f"{fix}") from None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, gist
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
@@ -61,7 +61,7 @@ def _check_safetensors(file: Path, where: str) -> None:
         with safe_open(str(file), "pt"):
             pass
     except Exception as e:  # noqa: BLE001 - SafetensorError: truncated, empty, not safetensors
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0][:160]
+        reason = gist(e)
         raise SoftPromptError(f"{where}: {file.name} in {str(file.parent)!r} is not a readable safetensors file "
                               f"({reason}); it may be truncated: save or download the model again") from None
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from softprompt import compat, shared_prefix
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, gist
 from softprompt.layers import PromptEmbedding, apply_offset
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def load_base(name_or_path: str, kind: str = "auto", dtype: str = "float32", rev
         config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise SoftPromptError(
-            f"model.name_or_path: cannot load {name_or_path!r} ({(str(e).strip() or type(e).__name__).splitlines()[0][:160]}); "
+            f"model.name_or_path: cannot load {name_or_path!r} ({gist(e)}); "
             "give a local model directory or a hub id reachable from this machine"
         ) from None
     kind = detect_kind(config) if kind == "auto" else kind

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from softprompt import compat
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, gist
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def parity_probe(base: nn.Module) -> str | None:
                         use_cache=False).logits[:, -3:].float()
             shared = forward(base, prompt_kv(base, prompt), tokens, mask).logits[:, -3:].float()
     except Exception as e:  # noqa: BLE001 - any failure of the fast path on this model means "not exact here"
-        return f"the shared-prefix pass fails on {type(base).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        return f"the shared-prefix pass fails on {type(base).__name__} ({gist(e, limit=120, typed=True)})"
     finally:
         for module, training in modes.items():
             module.training = training

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, gist
 
 DEMO_TASK = Path(__file__).parent / "demo" / "task"
 FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -45,7 +45,7 @@ def load_split(path: str, split: str, name: str | None = None):
         return datasets.load_dataset(path, name, split=split)
     except Exception as e:  # noqa: BLE001 - any hub failure becomes one clear message
         raise SoftPromptError(
-            f"data.path: cannot load {path!r} split {split!r} ({_first_line(e)}); "
+            f"data.path: cannot load {path!r} split {split!r} ({gist(e, typed=True)}); "
             "give a local json/jsonl/csv/parquet file or directory, or a hub dataset reachable from here"
         ) from None
 
@@ -60,7 +60,7 @@ def _load_file(file: Path, split: str):
     try:
         return datasets.load_dataset(FORMATS[file.suffix], data_files={split: str(file)}, split=split)
     except Exception as e:  # noqa: BLE001
-        raise SoftPromptError(f"data.path: cannot read {str(file)!r} ({_first_line(e)})") from None
+        raise SoftPromptError(f"data.path: cannot read {str(file)!r} ({gist(e, typed=True)})") from None
 
 
 def check_text_file(file: Path) -> None:
@@ -108,11 +108,6 @@ def check_text_file(file: Path) -> None:
         if not isinstance(row, dict):
             raise SoftPromptError(f"{where} line {n} is a JSON {type(row).__name__}, not an object; "
                                   'give one object per line like {"source": ..., "target": ...}')
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
 
 
 def render(template: str, row: dict, key: str) -> str:

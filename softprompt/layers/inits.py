@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, gist
 
 
 def uniform(num_tokens: int, dim: int, init_range: float, generator: torch.Generator) -> torch.Tensor:
@@ -90,7 +90,7 @@ def from_file(path: str, num_tokens: int, dim: int) -> torch.Tensor:
         else:
             tensors = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated safetensors, pickled code, not a torch file at all
-        reason = (str(e).strip() or type(e).__name__).splitlines()[0][:160]
+        reason = gist(e)
         raise SoftPromptError(
             f"prompt.init_file: cannot read {str(p)!r} ({type(e).__name__}: {reason}); give a .safetensors file, a "
             "weights-only .pt (torch.save of a tensor or dict of tensors) or an adapter dir"

@@ -123,7 +123,7 @@ def build_step(method: str, base, prompt: torch.Tensor, ids, mask, labels):
         opt = torch.optim.AdamW([model.prompt.prompt], lr=LR)
 
         def step():
-            out = model(ids, mask, labels=labels)
+            out = model(ids, mask, labels=labels, right_padded=True)  # as the training loop calls it
             out.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

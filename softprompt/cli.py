@@ -79,19 +79,20 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from softprompt.build import build_objective
     from softprompt.config import load_config
-    from softprompt.data import encode_rows, load_split
+    from softprompt.data import load_split
     from softprompt.export import load_adapter
-    from softprompt.methods import build_method
 
     recipe, overrides = _recipe_and_overrides(args.items)
     cfg = load_config(recipe, overrides)
     split = args.split or cfg.data.test_split or cfg.data.eval_split
     if not split:
         raise SoftPromptError("eval: no split to evaluate; pass --split NAME or set data.test_split or data.eval_split")
+    objective = build_objective(cfg)
     model = load_adapter(args.adapter)
-    items = encode_rows(load_split(cfg.data.path, split, cfg.data.name), model.tokenizer, cfg.data, model.kind, split)
-    metrics = build_method(cfg).evaluate(model, items, cfg.train.eval_batch_size)
+    items = objective.encode(load_split(cfg.data.path, split, cfg.data.name), model.tokenizer, cfg.data, model.kind, split)
+    metrics = objective.evaluate(model, items, cfg.train.eval_batch_size)
     print(json.dumps({"split": split, **metrics}, indent=2))
     return 0
 
@@ -107,31 +108,9 @@ def cmd_generate(args) -> int:
 
 def cmd_export(args) -> int:
     """Turn a checkpoint (step_NNNNNN/) into an adapter dir. Everything is checked before anything is written."""
-    from softprompt.checkpoint import load_trainable_state
-    from softprompt.config import from_dict
-    from softprompt.export import check_new_output, read_json, read_tensors
-    from softprompt.methods import build_method
-    from softprompt.model import load_base
+    from softprompt.export import export_checkpoint
 
-    out = check_new_output(args.out)
-    ckpt = Path(args.checkpoint)
-    fix = "pass a run's step_NNNNNN/ as softprompt train wrote it"
-    if not (ckpt / "meta.json").is_file():
-        raise SoftPromptError(f"export: {str(ckpt)!r} is not a checkpoint dir (no meta.json); {fix}")
-    meta = read_json(ckpt / "meta.json", fix)
-    if not isinstance(meta.get("config"), dict):
-        raise SoftPromptError(f"export: {str(ckpt / 'meta.json')!r} holds no 'config' mapping; {fix}")
-    cfg = from_dict(meta["config"])
-    tensors = read_tensors(ckpt / "trainable.safetensors", fix)
-    base, tokenizer, kind = load_base(cfg.model.name_or_path, cfg.model.kind, cfg.model.dtype)
-    model = build_method(cfg).build_model(base, tokenizer, kind)
-    params = dict(model.named_parameters())
-    wrong = sorted(k for k, v in tensors.items() if k not in params or params[k].shape != v.shape)
-    if wrong:
-        raise SoftPromptError(f"export: {str(ckpt / 'trainable.safetensors')!r} does not fit the model its meta.json "
-                              f"describes (tensors {wrong[:3]}); {fix}")
-    load_trainable_state(model, tensors)
-    print(model.save_adapter(out, method=cfg.method.name))
+    print(export_checkpoint(args.checkpoint, args.out))
     return 0
 
 

@@ -10,6 +10,7 @@ checked against the field types. The defaults are the embedded demo (`model.name
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -19,35 +20,15 @@ from typing import Any
 
 import yaml
 
+from softprompt.data.templates import template_fields
 from softprompt.errors import ConfigError
+from softprompt.layers.plain import PromptConfig
+from softprompt.loading import ModelConfig
+from softprompt.objectives.lm import LMConfig
+from softprompt.registry import HEADS, METHODS, OBJECTIVES, PROMPTS, lookup
+from softprompt.textfile import read_utf8
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name_or_path: str = "demo"  # hub id, local dir, or "demo" for the embedded default model
-    kind: str = "auto"  # auto | causal | seq2seq | encoder
-    dtype: str = "float32"  # dtype the frozen base is loaded in: float32 | bfloat16 | float16
-    revision: str | None = None
-    trust_remote_code: bool = False
-
-
-@dataclass(frozen=True)
-class PromptConfig:
-    num_virtual_tokens: int = 20
-    # vocab: rows of frequent non-special tokens (Lester et al. §3.2 use the 5,000 most common ids)
-    # uniform: U(-init_range, init_range); text: init_text's tokens tiled to p;
-    # class_label: mean sub-token embedding of each of init_labels, rest as vocab; file: init_file
-    init: str = "vocab"
-    init_range: float = 0.5
-    init_text: str | None = None
-    init_labels: tuple[str, ...] = ()
-    init_file: str | None = None  # a .safetensors/.pt tensor (p, d) or an adapter dir
-    vocab_top_k: int = 5000
-    seed: int | None = None  # init seed; None uses train.seed
-    kernel: str = "auto"  # auto | torch | triton (the fused kernel, where available)
-    # Decoder-only models: run the prompt once per step and share its keys/values across the batch
-    # (softprompt/shared_prefix.py); auto falls back to concatenation where that is not exact.
-    execution: str = "auto"  # auto | shared_prefix | concat
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,43 +86,116 @@ class TrainConfig:
     greater_is_better: bool | None = None  # None: from the metric's name (loss/ppl/perplexity: lower is better)
     keep_best: bool = True  # final/ holds the best adapter by `metric`, else the last
     early_stopping_patience: int | None = None  # evals without improvement before stopping
-    generate_eval: bool = True  # exact-match accuracy by greedy generation at each eval
-    max_new_tokens: int = 16
     trackers: tuple[str, ...] = ("wandb", "tensorboard")  # accelerate trackers; [] for none
     progress_bar: bool = True
 
 
 @dataclass(frozen=True)
+class MethodConfig:
+    # A preset (registry.METHODS) that fills prompt.type, objective.type and the head; None: the sections
+    # say it all (a combination no preset names, e.g. a bank prompt with the lm objective).
+    name: str | None = "prompt_tuning"
+
+
+@dataclass(frozen=True)
 class Config:
+    method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
+    # Polymorphic sections: `type` picks the registered component, whose config class takes the other keys.
+    prompt: Any = field(default_factory=PromptConfig)  # how the prompt is produced (registry.PROMPTS)
+    objective: Any = field(default_factory=LMConfig)  # what it is trained for (registry.OBJECTIVES)
+    head: Any = None  # a trainable head on the body's hidden states (registry.HEADS), or None
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # The method preset: `name` picks a registered method; its other keys are that method's config.
-    method: Any = None
 
 
-def method_config(name: str, values: dict | None = None, where: str = "method") -> Any:
-    from softprompt.methods import METHODS
+SECTIONS = {"prompt": (PROMPTS, "plain"), "objective": (OBJECTIVES, "lm"), "head": (HEADS, None)}
 
-    if name not in METHODS:
-        raise ConfigError(f"{where}.name: unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return _build(METHODS[name].config_class, values or {}, where)
+# Keys that moved when prompt sources and objectives became components: old key -> new key. A recipe
+# written before keeps working (one warning names the new key); giving both is an error.
+MOVED = {
+    "train.generate_eval": "objective.generate_eval",
+    "train.max_new_tokens": "objective.max_new_tokens",
+    **{f"method.{k}": f"prompt.{k}" for k in ("rank", "max_length", "alpha", "offset_lr", "offset_weight_decay",
+                                               "fixed_length", "overflow")},
+}
 
 
 def from_dict(data: dict | None) -> Config:
-    data = dict(data or {})
-    method = data.pop("method", None)
+    data = _move_legacy_keys(dict(data or {}))
+    name = _method_name(data.pop("method", None))
+    preset = lookup(METHODS, name, "method.name") if name is not None else None
+    sections = {}
+    for section, (table, default) in SECTIONS.items():
+        values = data.pop(section, None)
+        if isinstance(values, OverrideText):
+            values = values.parsed()
+        wanted = getattr(preset, section, None) if preset is not None else None
+        if values is None and (wanted or default) is None:
+            sections[section] = None  # no head
+            continue
+        values = dict(_mapping(values if values is not None else {}, section))
+        given = values.pop("type", None)
+        if preset is not None and given is not None and given != wanted:
+            raise ConfigError(f"{section}.type: {given!r} conflicts with method {name!r}, which uses "
+                              f"{section}.type {wanted!r}; drop one of them (a method is a preset over the sections)")
+        # a section given without a type takes its preset's, else the default, else the first registered
+        kind = given or wanted or default or next(iter(table))
+        entry = lookup(table, str(kind), f"{section}.type")
+        sections[section] = _build(entry.config_class, {**values, "type": str(kind)}, section)
     cfg = _build(Config, data, "")
-    if method is None:
-        method = {"name": "prompt_tuning"}
-    if not isinstance(method, dict) or "name" not in method:
-        raise ConfigError("method: expected a mapping with a 'name' key, e.g. `method: {name: prompt_tuning}`")
-    values = {k: v for k, v in method.items() if k != "name"}
-    cfg = dataclasses.replace(cfg, method=method_config(method["name"], values))
+    if name is None:  # the preset these sections amount to, if any
+        name = next((n for n, p in METHODS.items() if (p.prompt, p.objective, p.head) ==
+                     (sections["prompt"].type, sections["objective"].type,
+                      sections["head"].type if sections["head"] is not None else None)), None)
+    cfg = dataclasses.replace(cfg, method=MethodConfig(name), **sections)
     validate(cfg)
     return cfg
+
+
+def _mapping(values: Any, where: str) -> dict:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    return values
+
+
+def _method_name(method: Any) -> str | None:
+    """The preset's name from `method: NAME` or `method: {name: NAME}`; absent: prompt_tuning."""
+    if isinstance(method, OverrideText):
+        method = method.parsed()
+    if method is None:
+        return "prompt_tuning"
+    if isinstance(method, str):
+        return method
+    if not isinstance(method, dict) or "name" not in method:
+        raise ConfigError("method: expected a preset name or a mapping with a 'name' key, e.g. `method: {name: prompt_tuning}`")
+    extra = sorted(set(method) - {"name"})
+    if extra:
+        raise ConfigError(f"method: unknown key(s) {extra}; a method is a preset name (choose one of {sorted(METHODS)}); "
+                          "its settings live in the prompt, objective and head sections")
+    value = method["name"]
+    value = value.parsed() if isinstance(value, OverrideText) else value
+    return None if value is None else str(value)
+
+
+def _move_legacy_keys(data: dict) -> dict:
+    """Apply MOVED to a raw recipe dict (after overrides), warning once per key."""
+    for old, new in MOVED.items():
+        old_section, old_key = old.split(".")
+        section = data.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        new_section, new_key = new.split(".")
+        target = data.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            continue  # the section's own type check reports it
+        if new_key in target:
+            raise ConfigError(f"{old}: moved to {new}, which is also set; keep {new} only")
+        data[old_section] = {k: v for k, v in section.items() if k != old_key}
+        target[new_key] = section[old_key]
+        log.warning("config: %s is now %s; the recipe still works, but update it", old, new)
+    return data
 
 
 def to_dict(cfg: Any) -> Any:
@@ -177,17 +231,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         _apply_override(data, item)
     return from_dict(data)
-
-
-def read_utf8(path: Path, what: str) -> str:
-    """A text file's contents; a file that is not UTF-8 (UTF-16, latin-1, ...) is a ConfigError naming it."""
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")  # a UTF-8 byte-order mark is harmless
-    except UnicodeDecodeError as e:
-        bom = " (it starts with a UTF-16 byte-order mark)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
-        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text{bom}: byte {raw[e.start]:#04x} at offset {e.start}; "
-                          "save it as UTF-8") from None
 
 
 def _apply_override(data: dict, item: str) -> None:
@@ -273,6 +316,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 CHOICES = {
     "model.kind": ("auto", "causal", "seq2seq", "encoder"),
     "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.quantization": ("none", "bnb-8bit", "bnb-4bit"),
     "prompt.init": ("vocab", "uniform", "text", "class_label", "file"),
     "prompt.kernel": ("auto", "torch", "triton"),
     "prompt.execution": ("auto", "shared_prefix", "concat"),
@@ -286,7 +330,7 @@ CHOICES = {
 POSITIVE = (
     "prompt.num_virtual_tokens", "data.max_length", "data.max_target_length", "train.max_steps",
     "train.batch_size", "train.eval_batch_size", "train.gradient_accumulation_steps",
-    "train.log_every", "train.eval_every", "train.save_every", "train.max_new_tokens",
+    "train.log_every", "train.eval_every", "train.save_every",
     "prompt.init_range", "prompt.vocab_top_k", "optim.eps", "optim.max_grad_norm", "train.keep_checkpoints",
     "data.max_train_samples", "data.max_eval_samples", "train.early_stopping_patience",
 )
@@ -320,12 +364,9 @@ def validate(cfg: Config) -> None:
                           f"{cfg.train.max_steps}, so the learning rate would never reach optim.lr; lower it")
     for key in ("data.source_template", "data.target_template"):
         template_fields(_get(cfg, key), key)
-    if cfg.prompt.init == "text" and not cfg.prompt.init_text:
-        raise ConfigError("prompt.init_text: required when prompt.init is 'text'")
-    if cfg.prompt.init == "class_label" and not cfg.prompt.init_labels:
-        raise ConfigError("prompt.init_labels: required when prompt.init is 'class_label'")
-    if cfg.prompt.init == "file" and not cfg.prompt.init_file:
-        raise ConfigError("prompt.init_file: required when prompt.init is 'file'")
+    check = PROMPTS[cfg.prompt.type].check
+    if check is not None:
+        check(cfg.prompt, cfg)
     if cfg.data.max_target_length >= cfg.data.max_length:
         raise ConfigError("data.max_target_length: must be smaller than data.max_length")
     for tracker in cfg.train.trackers:
@@ -342,38 +383,6 @@ def _check_finite(node: Any, where: str) -> None:
         for v in value if isinstance(value, tuple) else (value,):
             if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"{key}: must be a finite number, got {value!r}")
-
-
-TEMPLATE_HELP = ("fields are plain column names like {source}; write literal braces as {{ and }} "
-                 "(e.g. JSON: '{{\"answer\": \"{target}\"}}')")
-
-
-def template_fields(template: str, key: str) -> list[str]:
-    """The column names a str.format template uses. Refuses what would fail or silently render something
-    else at data time: positional fields ({} {0}), unbalanced braces, attribute/index access
-    ({source.upper} {source[0]}), conversions ({source!r}) and format specs ({score:>5})."""
-    import string
-
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise ConfigError(f"{key}: {template!r} has unbalanced braces ({e}); {TEMPLATE_HELP}") from None
-    fields = []
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-        if not name.isidentifier():
-            what = ("a positional field" if name == "" or name.isdigit() else
-                    "attribute/index access, which templates do not support" if name.split(".")[0].split("[")[0]
-                    .isidentifier() else "not a column name")
-            raise ConfigError(f"{key}: {shown} in {template!r} is {what}; {TEMPLATE_HELP}")
-        if conversion or spec:
-            raise ConfigError(f"{key}: {shown} in {template!r} converts or formats the value; templates take "
-                              f"the column as it is ({{{name}}}): format the column in the data instead, "
-                              "and write literal braces as {{ and }}")
-        fields.append(name)
-    return fields
 
 
 def _get(cfg: Any, key: str) -> Any:

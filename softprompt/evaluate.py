@@ -1,27 +1,11 @@
-"""Evaluation drivers: token-weighted LM loss / perplexity, and exact match by greedy generation."""
+"""Evaluation drivers that objectives share: greedy generation and exact match (metrics belong to
+objectives; this holds how a model is run to get them)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from softprompt.data import collate, collate_sources
-
-
-@torch.no_grad()
-def lm_loss(model, items: list[dict], batch_size: int) -> dict[str, float]:
-    total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(items), batch_size):
-        batch = collate(items[start:start + batch_size], model.tokenizer.pad_token_id, model.kind)
-        out = model(**{k: v.to(model.device) for k, v in batch.items()}, right_padded=True)  # collate pads right
-        total += out.loss_sum.item()
-        count += out.num_tokens.item()
-    model.train(was_training)
-    loss = total / max(count, 1)
-    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+from softprompt.data import collate_sources
 
 
 def normalise(text: str) -> str:

@@ -21,79 +21,32 @@ import contextlib
 import copy
 import inspect
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from softprompt import compat, shared_prefix
-from softprompt.errors import SoftPromptError, gist
-from softprompt.layers import PromptEmbedding, apply_offset
+from softprompt import adapter, compat, shared_prefix
+from softprompt.errors import SoftPromptError
+from softprompt.layers import apply_offset
+from softprompt.loading import ModelConfig, detect_kind, load_base
+from softprompt.objectives.lm import token_loss
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL = Path(__file__).parent / "data" / "demo" / "model"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+KIND_NAMES = ("causal", "seq2seq", "encoder")
+OUTPUTS = ("logits", "hidden", "scores")
 
 
 @dataclass
 class SoftPromptOutput:
     logits: torch.Tensor | None = None  # (B, L, V) aligned with the input (decoder input for seq2seq)
-    hidden_states: torch.Tensor | None = None  # (B, L, D) last hidden state (causal: with output_hidden_states)
-    loss: torch.Tensor | None = None  # mean token cross-entropy over label tokens
+    hidden_states: torch.Tensor | None = None  # (B, L, D) last hidden state, aligned with the input
+    scores: torch.Tensor | None = None  # (B, num_outputs) from the model's head (`head_outputs`)
+    loss: torch.Tensor | None = None  # mean token cross-entropy over label tokens (forward with labels=)
     loss_sum: torch.Tensor | None = None  # summed cross-entropy, for normalising across accumulation
     num_tokens: torch.Tensor | None = None  # label tokens scored
-
-
-# ---------------------------------------------------------------------------------------------------
-# Loading the frozen base
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    return str(DEMO_MODEL) if name_or_path == "demo" else name_or_path
-
-
-def detect_kind(config) -> str:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not _is_encoder_only(config):
-        return "causal"
-    return "encoder"
-
-
-def _is_encoder_only(config) -> bool:
-    return config.model_type in {"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "electra", "distilbert", "camembert", "modernbert"}
-
-
-def load_base(name_or_path: str, kind: str = "auto", dtype: str = "float32", revision: str | None = None,
-              trust_remote_code: bool = False):
-    """Load (model, tokenizer, kind) from a hub id or local dir; "demo" is the embedded default."""
-    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
-                              AutoTokenizer)
-
-    from softprompt.loading_checks import check_model_dir
-
-    check_model_dir(name_or_path, kind)  # a local dir missing weights/tokenizer, or of another kind: one clear error
-    path = resolve_model_path(name_or_path)
-    try:
-        config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise SoftPromptError(
-            f"model.name_or_path: cannot load {name_or_path!r} ({gist(e)}); "
-            "give a local model directory or a hub id reachable from this machine"
-        ) from None
-    kind = detect_kind(config) if kind == "auto" else kind
-    auto = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM, "encoder": AutoModel}[kind]
-    model = auto.from_pretrained(path, revision=revision, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, kind
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,61 +102,77 @@ def _accepts(module: nn.Module, name: str) -> bool:
     return name in inspect.signature(module.forward).parameters
 
 
-def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed CE over labels != -100, and their count. logits (B, T, V), labels (B, T)."""
-    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
-    return loss_sum, (labels != -100).sum()
-
-
 # ---------------------------------------------------------------------------------------------------
 # The wrapper
 
 
 class SoftPromptModel(nn.Module):
-    def __init__(self, base: nn.Module, prompt: PromptEmbedding, tokenizer=None, kind: str | None = None,
-                 base_name: str | None = None, execution: str = "auto"):
+    """A frozen base, a prompt source (layers/) and optionally a trainable head (heads.py).
+
+    `forward` gives the base's logits aligned with the input; `hidden_states` runs the base's body only
+    (no LM head) and `head_outputs` feeds those hidden states to the head. Each runs on the execution
+    path `execution_mode()` chooses (shared prefix or concatenation)."""
+
+    def __init__(self, base: nn.Module, prompt: nn.Module, tokenizer=None, kind: str | None = None,
+                 base_config: ModelConfig | str | None = None, execution: str = "auto", head: nn.Module | None = None):
         super().__init__()
         base.requires_grad_(False)
         self.base = base
-        self.prompt = prompt
+        self.prompt = prompt  # a prompt source (layers/source.py): plain, DePT, bank
+        self.head = head  # None, or a trainable module on (hidden_states, attention_mask)
         self.tokenizer = tokenizer
         self.kind = kind or detect_kind(base.config)
-        if self.kind not in KINDS:
-            raise SoftPromptError(f"model.kind: {self.kind!r} is not one of {sorted(KINDS)}")
-        self.base_name = base_name or getattr(base.config, "_name_or_path", None)
+        if self.kind not in KIND_NAMES:
+            raise SoftPromptError(f"model.kind: {self.kind!r} is not one of {sorted(KIND_NAMES)}")
+        if base_config is None or isinstance(base_config, str):
+            name = base_config or getattr(base.config, "_name_or_path", None) or ""
+            base_config = ModelConfig(name_or_path=name)
+        # what loads this base again (recorded in the adapter); the kind is the one in use
+        self.base_config = replace(base_config, kind=self.kind)
         self._use_positions = self.kind == "causal" and _accepts(base, "position_ids")
         self._keep_logits = self.kind == "causal" and _accepts(base, "logits_to_keep")
         self.execution = execution  # auto | shared_prefix | concat, resolved by execution_mode()
-        self._prompt_kv = shared_prefix.PromptKV()  # the prompt's cache for no-grad calls (eval, generate)
+        self._prompt_kv = shared_prefix.PromptKV()  # the prompts' cache for no-grad calls (eval, generate)
         self.execution_mode()  # a forced mode that cannot run fails here, not at the first batch
 
     # -- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, num_virtual_tokens: int = 20, init: str = "vocab",
-                        kind: str = "auto", dtype: str = "float32", seed: int = 0, **prompt_kwargs):
-        """Frozen base from a hub id or local dir, plus a fresh prompt (see `PromptConfig`)."""
-        from softprompt.config import PromptConfig
+    def from_pretrained(cls, name_or_path: str | ModelConfig, num_virtual_tokens: int = 20, init: str = "vocab",
+                        seed: int = 0, **prompt_kwargs):
+        """Frozen base (a hub id, local dir or `ModelConfig`) plus a fresh plain prompt (see `PromptConfig`)."""
+        from softprompt.layers import plain
 
-        base, tokenizer, kind = load_base(name_or_path, kind=kind, dtype=dtype)
-        pcfg = PromptConfig(num_virtual_tokens=num_virtual_tokens, init=init, **prompt_kwargs)
-        prompt = PromptEmbedding(initial_prompt(pcfg, base, tokenizer, seed), kernel=pcfg.kernel)
-        return cls(base, prompt, tokenizer, kind, name_or_path, execution=pcfg.execution)
+        spec = ModelConfig(name_or_path=name_or_path) if isinstance(name_or_path, str) else name_or_path
+        spec = replace(spec, **{k: prompt_kwargs.pop(k) for k in ("kind", "dtype") if k in prompt_kwargs})
+        base, tokenizer, kind = load_base(spec)
+        pcfg = plain.PromptConfig(num_virtual_tokens=num_virtual_tokens, init=init, **prompt_kwargs)
+        prompt = plain.build(pcfg, base.get_input_embeddings().weight, tokenizer, kind, seed)
+        return cls(base, prompt, tokenizer, kind, spec, execution=pcfg.execution)
 
     @classmethod
     def from_adapter(cls, adapter_dir: str | Path, base: nn.Module | None = None, tokenizer=None):
-        """Base model named in the adapter (or the one given) plus the trained prompt."""
-        from softprompt.export import load_adapter
-
-        return load_adapter(adapter_dir, base=base, tokenizer=tokenizer)
+        """The base recorded in the adapter (or the one given) plus the trained prompt (and head)."""
+        saved = adapter.read(adapter_dir)  # every file checked before any model loads
+        kind = saved.kind
+        if base is None:
+            if not saved.base_config.name_or_path:
+                raise SoftPromptError(f"adapter: {str(adapter_dir)!r} names no base model; pass base=... explicitly")
+            base, loaded, kind = load_base(saved.base_config)
+            tokenizer = tokenizer or loaded
+        adapter.check_base(saved, base, repr(str(adapter_dir)))
+        model = cls(base, saved.source, tokenizer, kind or detect_kind(base.config), saved.base_config, head=saved.head)
+        return model.to(base.device)
 
     def save_adapter(self, out_dir: str | Path, **meta) -> Path:
-        """A PEFT-loadable adapter dir plus our sidecar and a serving bundle (see export.py)."""
-        from softprompt.export import save_adapter
-
-        return save_adapter(self, out_dir, **meta)
+        """A PEFT-loadable adapter dir plus our sidecar and a serving bundle (see adapter.py)."""
+        return adapter.save(self, out_dir, **meta)
 
     export_peft = save_adapter
+
+    @property
+    def base_name(self) -> str:
+        return self.base_config.name_or_path
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -214,92 +183,122 @@ class SoftPromptModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.prompt.prompt.device
+        return next(self.prompt.parameters()).device
 
     def execution_mode(self) -> str:
         """"shared_prefix" or "concat": the one place the causal execution path is chosen (it can change
-        when gradient checkpointing is switched on, so it is asked per call; see shared_prefix.choose)."""
+        when gradient checkpointing is switched on, so it is asked per call; see shared_prefix.choose).
+        Per-row prompt sources take the same path: the shared prefix gives each row its own prompt's cache."""
         return shared_prefix.choose(self.execution, self.base, self.kind)
+
+    def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """Seq2seq: the decoder's input ids for `labels` (shifted right, as the base's own loss would)."""
+        return self.base.prepare_decoder_input_ids_from_labels(labels=labels)
 
     # -- forward -----------------------------------------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, right_padded: bool = False, **kwargs) -> SoftPromptOutput:
-        """Any padding side. `right_padded=True` promises that no row has a pad before a real token (as
-        `data.collate` builds batches): causal models then skip the check for left padding, whose host
-        sync would stall a GPU once per step."""
+                labels: torch.Tensor | None = None, right_padded: bool = False,
+                prompt_index: torch.Tensor | None = None, output: str = "logits", **kwargs) -> SoftPromptOutput:
+        """Any padding side; outputs aligned with the input.
+
+        `output`: "logits" (the base with its LM head), "hidden" (the body only: last hidden states, the LM
+        head never runs; seq2seq gives its encoder's) or "scores" (the body, then the model's head). It is
+        an argument, not a method, so it reaches through DDP/FSDP wrappers, which expose forward alone.
+        `labels` (HF-style, with "logits") also gives the text-to-text token loss. `prompt_index` (B,)
+        picks each row's prompt from a bank. `right_padded=True` promises that no row has a pad before a
+        real token (as `data.collate` builds batches): causal models then skip the check for left
+        padding, whose host sync would stall a GPU once per step."""
+        if output not in OUTPUTS:
+            raise SoftPromptError(f"output: {output!r} is not one of {list(OUTPUTS)}")
         if attention_mask is None:
             attention_mask, right_padded = torch.ones_like(input_ids), True
-        if self.kind == "causal":
-            return self._causal(input_ids, attention_mask, labels, right_padded, **kwargs)
-        return KINDS[self.kind](self, input_ids, attention_mask, labels, **kwargs)
+        if output == "scores" and self.head is None:
+            raise SoftPromptError("output='scores': this model has no head; give the config a head section "
+                                  "(or build SoftPromptModel with head=...)")
+        if self.kind == "seq2seq" and labels is not None and output == "logits" and kwargs.get("decoder_input_ids") is None:
+            kwargs["decoder_input_ids"] = self.decoder_inputs(labels)
+        run = {"causal": self._causal, "seq2seq": self._seq2seq, "encoder": self._encoder}[self.kind]
+        result = run(input_ids, attention_mask, right_padded, prompt_index, body=output != "logits", **kwargs)
+        if output == "scores":
+            result.scores = self.head(result.hidden_states, attention_mask)  # (B, num_outputs)
+        if labels is not None and result.logits is not None:
+            result.loss_sum, result.num_tokens = token_loss(result.logits, labels, self.kind)
+            result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
+        return result
 
-    def _causal(self, input_ids, attention_mask, labels, right_padded: bool = False, **kwargs) -> SoftPromptOutput:
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      **kwargs) -> SoftPromptOutput:
+        """The base's body only: last hidden states (B, L, D) aligned with the input; no LM head runs."""
+        return self(input_ids, attention_mask, output="hidden", **kwargs)
+
+    def head_outputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                     **kwargs) -> SoftPromptOutput:
+        """`hidden_states`, then the model's head on them: `scores` (B, num_outputs)."""
+        return self(input_ids, attention_mask, output="scores", **kwargs)
+
+    def _causal(self, input_ids, attention_mask, right_padded, prompt_index, body: bool, **kwargs) -> SoftPromptOutput:
         # Pads between the prompt and the tokens would take up key slots that sliding windows, local
         # attention and ALiBi count by column, so a left-padded row would differ from the same row
         # unpadded. Right-aligned rows have no such gap, and a causal row never attends to its trailing
         # pads; outputs go back to the input's order at the end.
         order = None
         if not right_padded and has_gaps(attention_mask):
-            tensors = (input_ids, attention_mask) + ((labels,) if labels is not None else ())
-            order, tensors = right_align(*tensors, mask=attention_mask)
-            input_ids, attention_mask = tensors[:2]
-            labels = tensors[2] if labels is not None else None
+            order, (input_ids, attention_mask) = right_align(input_ids, attention_mask, mask=attention_mask)
             # any other per-token input (e.g. token_type_ids) moves with its tokens
             kwargs = {k: _gather_rows(v, order) if torch.is_tensor(v) and v.shape[:2] == order.shape else v
                       for k, v in kwargs.items()}
         length = input_ids.shape[1]
-        if self.execution_mode() == "shared_prefix":  # the prompt runs once; only the L tokens run per row
+        module = self.base.base_model if body else self.base  # the body: hidden states, no LM head
+        if self.execution_mode() == "shared_prefix":  # each prompt runs once; only the L tokens run per row
+            index = self.prompt.row_index(prompt_index, input_ids.shape[0])  # None: one prompt for all rows
             tokens = self.prompt.token_embeds(input_ids, attention_mask, self.input_table)  # (B, L, D)
-            kv = self._prompt_kv.get(self.base, self.prompt.prompt, tokens.dtype)
-            out = shared_prefix.forward(self.base, kv, tokens, attention_mask, **kwargs)
+            kv = self._prompt_kv.get(self.base, self.prompt, tokens.dtype)
+            out = shared_prefix.forward(module, kv, tokens, attention_mask, index, **kwargs)
         else:
-            embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D), (B, p+L)
+            embeds, mask = self.prompt(input_ids, attention_mask, self.input_table, prompt_index)  # (B, p+L, D), (B, p+L)
             extra = {"position_ids": positions_from_mask(mask)} if self._use_positions else {}
-            if self._keep_logits:
+            if self._keep_logits and not body:
                 extra["logits_to_keep"] = length  # the LM head never sees the p virtual positions
-            out = self.base(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra, **kwargs)
-        logits = out.logits[:, -length:]  # (B, L, V); a no-op unless logits_to_keep was ignored
-        result = SoftPromptOutput(logits=logits)
-        if getattr(out, "hidden_states", None) is not None:
-            result.hidden_states = out.hidden_states[-1][:, -length:]  # (B, L, D), aligned (for pooling)
-        if labels is not None:
-            # The logit at position t predicts token t+1; the prompt's last position would predict the
-            # first token, which is never a target (a target always follows its source).
-            # Labels move left rather than logits being sliced: slicing (B, L, V) would copy it, forward and back.
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, L): targets[:, t] = labels[:, t+1]
-            result.loss_sum, result.num_tokens = token_cross_entropy(logits, targets)
-            result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
+            out = module(inputs_embeds=embeds, attention_mask=mask, use_cache=False, **extra, **kwargs)
+        if body:
+            result = SoftPromptOutput(hidden_states=out.last_hidden_state[:, -length:])  # (B, L, D), aligned
+        else:
+            result = SoftPromptOutput(logits=out.logits[:, -length:])  # (B, L, V); a no-op unless logits_to_keep was ignored
+            if getattr(out, "hidden_states", None) is not None:
+                result.hidden_states = out.hidden_states[-1][:, -length:]  # (B, L, D), aligned (for pooling)
         if order is not None:  # back to the caller's column order
-            result.logits = _undo_order(result.logits, order)
+            result.logits = _undo_order(result.logits, order) if result.logits is not None else None
             if result.hidden_states is not None:
                 result.hidden_states = _undo_order(result.hidden_states, order)
         return result
 
-    def _seq2seq(self, input_ids, attention_mask, labels, decoder_input_ids=None, **kwargs) -> SoftPromptOutput:
-        _, (input_ids, attention_mask) = right_align(input_ids, attention_mask, mask=attention_mask)
-        embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # encoder only: (B, p+L, D)
-        if decoder_input_ids is None and labels is not None:
-            decoder_input_ids = self.base.prepare_decoder_input_ids_from_labels(labels=labels)
+    def _seq2seq(self, input_ids, attention_mask, right_padded, prompt_index, body: bool,
+                 decoder_input_ids=None, **kwargs) -> SoftPromptOutput:
+        order, (input_ids, attention_mask) = right_align(input_ids, attention_mask, mask=attention_mask)
+        embeds, mask = self.prompt(input_ids, attention_mask, self.input_table, prompt_index)  # encoder only: (B, p+L, D)
+        if body:  # the encoder's states for the real tokens, in the input's order
+            out = self.base.get_encoder()(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+            p = self.prompt.num_virtual_tokens
+            return SoftPromptOutput(hidden_states=_undo_order(out.last_hidden_state[:, p:], order))  # (B, L, D)
         out = self.base(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=decoder_input_ids,
                         use_cache=False, **kwargs)
-        result = SoftPromptOutput(logits=out.logits)  # (B, T_dec, V): aligned with the decoder input
-        if labels is not None:
-            result.loss_sum, result.num_tokens = token_cross_entropy(out.logits, labels)
-            result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
-        return result
+        return SoftPromptOutput(logits=out.logits)  # (B, T_dec, V): aligned with the decoder input
 
-    def _encoder(self, input_ids, attention_mask, labels, **kwargs) -> SoftPromptOutput:
+    def _encoder(self, input_ids, attention_mask, right_padded, prompt_index, body: bool, **kwargs) -> SoftPromptOutput:
         p = self.prompt.num_virtual_tokens
         order, (input_ids, attention_mask) = right_align(input_ids, attention_mask, mask=attention_mask)
-        embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D)
+        embeds, mask = self.prompt(input_ids, attention_mask, self.input_table, prompt_index)  # (B, p+L, D)
         # No position_ids: rows are right-aligned, so the model's own numbering of [prompt; tokens] is the
         # one it gives real tokens there (RoBERTa/XLM-R start at padding_idx + 1, BERT at 0); ids from
         # the mask would start every model at 0.
-        body = self.base.base_model
+        body_module = self.base.base_model
+        if body:
+            out = body_module(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+            return SoftPromptOutput(hidden_states=_undo_order(out.last_hidden_state[:, p:], order))  # (B, L, D)
         # A head model (e.g. BertForMaskedLM): the body's output loses its p virtual rows before the head
         # runs, so the head computes (B, L, ...) only. A bare body (AutoModel) is sliced after.
-        trim = body.register_forward_hook(_drop_virtual_rows(p)) if body is not self.base else None
+        trim = body_module.register_forward_hook(_drop_virtual_rows(p)) if body_module is not self.base else None
         try:
             out = self.base(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         finally:
@@ -311,28 +310,27 @@ class SoftPromptModel(nn.Module):
             result.logits = _undo_order(out.logits[:, keep], order)  # (B, L, V) in the input's order
         if getattr(out, "last_hidden_state", None) is not None:
             result.hidden_states = _undo_order(out.last_hidden_state[:, p:], order)  # (B, L, D)
-        if labels is not None and result.logits is not None:
-            result.loss_sum, result.num_tokens = token_cross_entropy(result.logits, labels)
-            result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
         return result
 
     # -- generation --------------------------------------------------------------------------------
 
-    def prompted_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prompted_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        prompt_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The embeddings and mask `generate` starts from: causal rows as [pads; prompt; tokens]
         (left-aligned, so new tokens append after the real ones), seq2seq encoder rows right-aligned."""
         if self.kind == "causal":
-            embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D)
+            embeds, mask = self.prompt(input_ids, attention_mask, self.input_table, prompt_index)  # (B, p+L, D)
             return left_align(embeds, mask, mask=mask)
         if self.kind == "seq2seq":
             _, (input_ids, attention_mask) = right_align(input_ids, attention_mask, mask=attention_mask)
-            return self.prompt(input_ids, attention_mask, self.input_table)
+            return self.prompt(input_ids, attention_mask, self.input_table, prompt_index)
         raise SoftPromptError("generate: encoder models do not generate; use a causal or seq2seq model")
 
     @torch.no_grad()
     def generate(self, inputs: str | list[str] | torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 **generate_kwargs):
-        """Through the HF model's own `generate`. Strings in, strings out; ids in, new ids out."""
+                 prompt_index: torch.Tensor | None = None, **generate_kwargs):
+        """Through the HF model's own `generate`. Strings in, strings out; ids in, new ids out.
+        `prompt_index` (B,) picks each row's prompt from a bank."""
         texts = [inputs] if isinstance(inputs, str) else inputs
         if isinstance(texts, list):
             if self.tokenizer is None:
@@ -347,11 +345,12 @@ class SoftPromptModel(nn.Module):
                 and not shared_prefix.candidate_decoding(kwargs, self.base.generation_config)):
             # [prompt; pads; tokens]: the prompt's cache is computed once and shared by every call and row
             input_ids, attention_mask = left_align(input_ids, attention_mask, mask=attention_mask)
-            embeds, mask = self.prompt(input_ids, attention_mask, self.input_table)  # (B, p+L, D)
-            kv = self._prompt_kv.get(self.base, self.prompt.prompt, embeds.dtype)
-            prepared = shared_prefix.generation_inputs(kv, embeds, mask, kwargs, self.base.generation_config)
+            embeds, mask = self.prompt(input_ids, attention_mask, self.input_table, prompt_index)  # (B, p+L, D)
+            kv = self._prompt_kv.get(self.base, self.prompt, embeds.dtype)
+            index = self.prompt.row_index(prompt_index, input_ids.shape[0])
+            prepared = shared_prefix.generation_inputs(kv, embeds, mask, kwargs, self.base.generation_config, index)
         else:
-            embeds, mask = self.prompted_inputs(input_ids, attention_mask)
+            embeds, mask = self.prompted_inputs(input_ids, attention_mask, prompt_index)
             prepared = {"inputs_embeds": embeds, "attention_mask": mask}
         with self._offset_new_tokens(attention_mask):
             out = self.base.generate(**prepared, **kwargs)
@@ -418,8 +417,7 @@ class SoftPromptModel(nn.Module):
         the prompt's p columns are a row's first p real columns in both layouts, so the real columns after
         them are the tokens. Reading it each step (rather than counting calls) stays right when candidate
         decoding (assistants, prompt lookup) proposes tokens and then rejects some."""
-        offset = self.prompt.offset
-        if offset is None or self.kind != "causal" or not hasattr(offset, "generation_index"):
+        if not self.prompt.offsets_tokens or self.kind != "causal":
             yield
             return
         p = self.prompt.num_virtual_tokens
@@ -435,10 +433,11 @@ class SoftPromptModel(nn.Module):
                                       "to the model; this generation mode passes none")
             mask = mask.long()  # (B', T): [pads;] prompt, tokens, generated so far (the last k columns: these)
             tokens = mask * (mask.cumsum(1) > p)  # real columns after the row's first p (the prompt's)
-            index = offset.generation_index(tokens)
-            if index is None:
+            offset = self.prompt.generation_offset(tokens)
+            if offset is None:
                 return out
-            return apply_offset(out, offset.rows(), index[:, -out.shape[1]:])  # (B', k, D)
+            rows, index = offset
+            return apply_offset(out, rows, index[:, -out.shape[1]:])  # (B', k, D)
 
         pre = self.base.register_forward_pre_hook(keep_mask, with_kwargs=True)
         post = self.input_table.register_forward_hook(add_offset)
@@ -462,37 +461,3 @@ def generation_mask(forward_kwargs: dict) -> torch.Tensor | None:
     cache = compat.passed_cache(forward_kwargs)
     past = cache.get_seq_length() if cache is not None else 0
     return torch.ones(new.shape[0], past + new.shape[1], dtype=torch.long, device=new.device)  # (B, T)
-
-
-KINDS: dict[str, Callable] = {
-    "causal": SoftPromptModel._causal,
-    "seq2seq": SoftPromptModel._seq2seq,
-    "encoder": SoftPromptModel._encoder,
-}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Prompt initialisation from a PromptConfig
-
-
-def initial_prompt(pcfg, base: nn.Module, tokenizer, seed: int) -> torch.Tensor:
-    """The (p, d) fp32 starting prompt chosen by `pcfg.init`."""
-    from softprompt.layers import inits
-
-    table = base.get_input_embeddings().weight
-    p, d = pcfg.num_virtual_tokens, table.shape[1]
-    generator = torch.Generator().manual_seed(pcfg.seed if pcfg.seed is not None else seed)
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    if pcfg.init == "uniform":
-        return inits.uniform(p, d, pcfg.init_range, generator)
-    if pcfg.init == "vocab":
-        return inits.sampled_vocab(table, p, special, pcfg.vocab_top_k, generator)
-    if pcfg.init == "text":
-        ids = tokenizer(pcfg.init_text)["input_ids"]  # special tokens included, as PEFT's TEXT and DePT's code
-        return inits.text(table, ids, p)
-    if pcfg.init == "class_label":
-        ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in pcfg.init_labels]
-        return inits.class_label(table, ids, p, special, pcfg.vocab_top_k, generator)
-    if pcfg.init == "file":
-        return inits.from_file(pcfg.init_file, p, d)
-    raise SoftPromptError(f"prompt.init: unknown init {pcfg.init!r}")

@@ -175,7 +175,7 @@ def parity_probe(base: nn.Module) -> str | None:
             full = base(inputs_embeds=torch.cat([prompt.expand(2, -1, -1), tokens], dim=1),  # (B, p+L, D)
                         attention_mask=full_mask, position_ids=(full_mask.cumsum(1) - 1).clamp(min=0),
                         use_cache=False).logits[:, -3:].float()
-            shared = forward(base, prompt_kv(base, prompt), tokens, mask).logits[:, -3:].float()
+            shared = forward(base, prompt_kv(base, prompt.unsqueeze(0)), tokens, mask).logits[:, -3:].float()
     except Exception as e:  # noqa: BLE001 - any failure of the fast path on this model means "not exact here"
         return f"the shared-prefix pass fails on {type(base).__name__} ({gist(e, limit=120, typed=True)})"
     finally:
@@ -196,61 +196,70 @@ def parity_probe(base: nn.Module) -> str | None:
 # The prompt's keys/values and the cache broadcast over a batch
 
 
-def prompt_kv(base: nn.Module, prompt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Run the prompt (p, D) once, batch 1. Per layer (keys, values), each (1, heads, p, head_dim),
-    still attached to the graph when the prompt requires grad."""
-    p = prompt.shape[0]
+def prompt_kv(base: nn.Module, prompts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Run each distinct prompt once: prompts (K, p, D) as a batch of K. Per layer (keys, values), each
+    (K, heads, p, head_dim), still attached to the graph when the prompts require grad."""
+    k, p = prompts.shape[:2]
     cache = compat.new_cache()
-    positions = torch.arange(p, device=prompt.device).unsqueeze(0)  # (1, p)
+    positions = torch.arange(p, device=prompts.device).unsqueeze(0).expand(k, -1)  # (K, p)
     # The decoder body only: the prompt's hidden states feed no logits (see the module docstring).
-    base.base_model(inputs_embeds=prompt.unsqueeze(0), position_ids=positions, use_cache=True, **compat.with_cache(cache))
+    base.base_model(inputs_embeds=prompts, position_ids=positions, use_cache=True, **compat.with_cache(cache))
     return compat.cache_layers(cache)
 
 
-def broadcast_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int):
-    """A DynamicCache holding the batch-1 keys/values expanded (not copied) to `batch` rows.
+def broadcast_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int, index: torch.Tensor | None = None):
+    """A DynamicCache giving each of `batch` rows its prompt's keys/values.
 
-    Filled layer by layer without `update`, whose first call would copy the expanded tensors
-    (cat onto an empty tensor); the model's own update then appends the real tokens' keys/values
-    (the one copy of the prompt rows per layer that standard attention needs)."""
-    # (1, heads, p, head_dim) -> (B, heads, p, head_dim), views
-    return compat.cache_from_layers([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv])
+    One prompt (index None, K = 1): the batch-1 keys/values expanded (not copied) over the rows. Per-row
+    prompts (index (B,) into the K prompts): each row's prompt gathered, one copy of p rows per row, which
+    the model's own cache update would make anyway. Filled layer by layer without `update`, whose first
+    call would copy the expanded tensors (cat onto an empty tensor); the model's own update then appends
+    the real tokens' keys/values (the one copy of the prompt rows per layer that standard attention needs)."""
+    if index is None:
+        # (1, heads, p, head_dim) -> (B, heads, p, head_dim), views
+        return compat.cache_from_layers([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv])
+    # (K, heads, p, head_dim) -> (B, heads, p, head_dim), row b from prompt index[b]
+    return compat.cache_from_layers([(k.index_select(0, index), v.index_select(0, index)) for k, v in kv])
 
 
-def forward(base: nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]], tokens: torch.Tensor,
-            attention_mask: torch.Tensor, **kwargs):
-    """The frozen model over the real tokens (B, L, D) after the shared prompt cache. Outputs are
-    (B, L, ...), aligned with the input."""
+def forward(module: nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]], tokens: torch.Tensor,
+            attention_mask: torch.Tensor, index: torch.Tensor | None = None, **kwargs):
+    """`module` (the model, or its body for hidden states only) over the real tokens (B, L, D) after the
+    prompt cache (`index`: each row's prompt, see `broadcast_cache`). Outputs are (B, L, ...), aligned
+    with the input."""
     batch = tokens.shape[0]
     p = kv[0][0].shape[-2]
     mask = torch.cat([attention_mask.new_ones(batch, p), attention_mask], dim=1)  # (B, p+L)
     positions = p + attention_mask.long().cumsum(1) - 1  # (B, L); left pads get p-1, as on concat
-    return base(inputs_embeds=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-                **compat.with_cache(broadcast_cache(kv, batch)), **kwargs)
+    return module(inputs_embeds=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
+                  **compat.with_cache(broadcast_cache(kv, batch, index)), **kwargs)
 
 
 class PromptKV:
-    """The prompt's batch-1 keys/values for calls that need no gradient into the prompt (evaluation,
-    `generate`), computed once and reused until the prompt changes.
+    """The prompts' keys/values for calls that need no gradient into the prompt (evaluation, `generate`),
+    computed once and reused until the prompt changes.
 
-    The key is the prompt parameter's version counter (bumped by every in-place update: optimizer
-    steps, `load_state_dict`, `copy_`) and storage (`.to(device)` moves it), the activation dtype and
-    autocast state, and the base module. The base is frozen, so its weights are not part of the key.
+    The key is the source's `version()` (the prompt parameter's version counter, bumped by every in-place
+    update: optimizer steps, `load_state_dict`, `copy_`, and its storage, which `.to(device)` moves), the
+    activation dtype and autocast state, and the base module. The base is frozen, so its weights are not
+    part of the key.
     """
 
     def __init__(self):
         self._key = None
         self._kv = None
 
-    def get(self, base: nn.Module, prompt: nn.Parameter, dtype: torch.dtype):
-        if (torch.is_grad_enabled() and prompt.requires_grad) or base.training:
-            return prompt_kv(base, prompt.to(dtype))  # fresh: gradients, or dropout in train mode
-        device = prompt.device.type
-        key = (prompt._version, prompt.data_ptr(), dtype, id(base), torch.is_autocast_enabled(device),
+    def get(self, base: nn.Module, source: nn.Module, dtype: torch.dtype):
+        """Per layer (keys, values) of every prompt of `source`, (K, heads, p, head_dim)."""
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in source.parameters())
+        if needs_grad or base.training:
+            return prompt_kv(base, source.prompt_table(dtype))  # fresh: gradients, or dropout in train mode
+        device = next(source.parameters()).device.type
+        key = (source.version(), dtype, id(base), torch.is_autocast_enabled(device),
                torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None)
         if key != self._key:
             with torch.no_grad():
-                self._kv = prompt_kv(base, prompt.to(dtype))
+                self._kv = prompt_kv(base, source.prompt_table(dtype))
             self._key = key
         return self._kv
 
@@ -262,14 +271,18 @@ class PromptKV:
 # Generation through HF `generate` with the prompt's cache
 
 
-def generation_inputs(kv, embeds: torch.Tensor, mask: torch.Tensor, generate_kwargs: dict, generation_config):
+def generation_inputs(kv, embeds: torch.Tensor, mask: torch.Tensor, generate_kwargs: dict, generation_config,
+                      index: torch.Tensor | None = None):
     """Arguments for `base.generate` given `[prompt; tokens]` embeddings (B, p+L, D) and mask whose token
     part is left-padded (pads between the prompt and the tokens, so new tokens follow a real one).
 
     `generate` treats the first `p` columns as already in the cache and feeds only the last L; the
-    cache is expanded to every sequence generate runs (beams, returned sequences)."""
+    cache is expanded to every sequence generate runs (beams, returned sequences), which `generate`
+    orders row by row (row b's sequences are consecutive), so per-row prompts repeat in place."""
+    n = sequences_per_row(generate_kwargs, generation_config)
+    index = index.repeat_interleave(n) if index is not None else None
     return {"inputs_embeds": embeds, "attention_mask": mask,
-            **compat.with_cache(broadcast_cache(kv, embeds.shape[0] * sequences_per_row(generate_kwargs, generation_config)))}
+            **compat.with_cache(broadcast_cache(kv, embeds.shape[0] * n, index))}
 
 
 def generation_setting(name: str, generate_kwargs: dict, model_config):

@@ -3,9 +3,13 @@
 Read top to bottom: accelerator -> data -> model -> optimizer/scheduler -> (resume) -> loop
 (accumulate, clip, step, log, eval, keep best, early stop, checkpoint) -> final adapter -> test eval.
 
-Loss normalisation: each optimizer step divides the summed token cross-entropy by the number of label
-tokens in the whole accumulation window across all processes, so the gradient is the per-token mean
-however the tokens fall into micro-batches and ranks (DDP averages over ranks, hence the `world`).
+The loop knows no task: the objective (objectives/) encodes rows, collates batches, gives each batch's
+loss and its weight, and evaluates; the components (build.py) give the model and the optimizer groups.
+
+Loss normalisation: each optimizer step divides the summed loss by the objective's weight of the whole
+accumulation window across all processes (for the LM objective: the scored target tokens), so the
+gradient is the per-unit mean however units fall into micro-batches and ranks (DDP averages over
+ranks, hence the `world`).
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ import yaml
 
 from softprompt.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, load_trainable_state,
                                    read_meta, save_checkpoint, trainable_state)
+from softprompt.build import build_model, build_objective, param_groups
 from softprompt.config import Config, to_dict
-from softprompt.data import BatchStream, collate, encode_rows, load_split
+from softprompt.data import BatchStream, load_split
 from softprompt.errors import SoftPromptError
 from softprompt.layers import fused
-from softprompt.methods import build_method
-from softprompt.model import load_base
+from softprompt.loading import load_base
 
 log = logging.getLogger(__name__)
 
@@ -67,28 +71,27 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
     main = accelerator.is_main_process
 
     # input checks that need no model: they fail before anything is written
-    method = build_method(cfg)
-    check_metric(method, tc)
+    objective = build_objective(cfg)
+    check_metric(objective, tc)
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         check_resumable(read_meta(ckpt).get("config"), cfg, ckpt)
 
     # data and model
-    base, tokenizer, kind = load_base(cfg.model.name_or_path, cfg.model.kind, cfg.model.dtype,
-                                      cfg.model.revision, cfg.model.trust_remote_code)
+    base, tokenizer, kind = load_base(cfg.model)
     torch.manual_seed(tc.seed)
-    model = method.build_model(base, tokenizer, kind)
+    model = build_model(cfg, base, tokenizer, kind)
     if tc.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     splits = {"train": cfg.data.train_split, "eval": cfg.data.eval_split, "test": cfg.data.test_split}
-    items = {k: encode_rows(load_split(cfg.data.path, s, cfg.data.name), tokenizer, cfg.data, kind, s)
+    items = {k: objective.encode(load_split(cfg.data.path, s, cfg.data.name), tokenizer, cfg.data, kind, s)
              for k, s in splits.items() if s}
     eval_items = items.get("eval")
     model.to(accelerator.device)
-    fused.enabled(cfg.prompt.kernel, model.input_table, model.device)  # e.g. triton forced on CPU: fail now
+    fused.enabled(model.prompt.kernel, model.input_table, model.device)  # e.g. triton forced on CPU: fail now
 
     # optimizer and schedule
-    groups = method.param_groups(model)
+    groups = param_groups(cfg, model)
     optimizer = build_optimizer(cfg, groups)
     scheduler = build_scheduler(cfg, optimizer)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
@@ -130,10 +133,10 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
         accelerator.log(values, step=step)
 
     if loop["step"] == 0 and eval_items:
-        loop["before"] = method.evaluate(model, eval_items, tc.eval_batch_size)
+        loop["before"] = objective.evaluate(model, eval_items, tc.eval_batch_size)
         if "test" in items:  # the held-out numbers a user compares the final adapter against
             loop["before"].update({k.replace("eval_", "test_"): v
-                                   for k, v in method.evaluate(model, items["test"], tc.eval_batch_size).items()})
+                                   for k, v in objective.evaluate(model, items["test"], tc.eval_batch_size).items()})
         record(loop["before"], 0)
         accelerator.print("before training: " + fmt(loop["before"]))
 
@@ -143,15 +146,15 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
     stop = loop["stopped"] == "early_stopping"  # resumed after its last checkpoint, before final/ was written
     window_start = time.perf_counter()
     while loop["step"] < tc.max_steps and not stop:
-        micro = [collate(stream.next(), tokenizer.pad_token_id, kind) for _ in range(tc.gradient_accumulation_steps)]
+        micro = [objective.collate(stream.next(), tokenizer.pad_token_id, kind) for _ in range(tc.gradient_accumulation_steps)]
         micro = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro]
-        local = torch.tensor(float(sum(label_tokens(b["labels"], kind) for b in micro)), device=accelerator.device)
+        local = torch.stack([objective.weight(b, kind) for b in micro]).sum().float()  # this process's share
         total = accelerator.reduce(local, reduction="sum").clamp(min=1)
         loss_total = torch.zeros((), device=accelerator.device)
         for i, batch in enumerate(micro):
             last = i == len(micro) - 1
             with contextlib.nullcontext() if last or world == 1 else accelerator.no_sync(wrapped):
-                loss_sum, _ = method.loss(wrapped, batch)
+                loss_sum = objective.loss(wrapped, batch)
                 accelerator.backward(loss_sum * (world / total))
             loss_total += loss_sum.detach()
         grad_norm = accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm else None
@@ -175,10 +178,10 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
         window_start = time.perf_counter()
 
         if eval_items and (step % tc.eval_every == 0 or step == tc.max_steps):
-            metrics = method.evaluate(model, eval_items, tc.eval_batch_size)
+            metrics = objective.evaluate(model, eval_items, tc.eval_batch_size)
             record(metrics, step)
             loop["last_metrics"] = dict(metrics)
-            stop = update_best(loop, metrics, model, tc, step)
+            stop = update_best(loop, metrics, model, tc, step, objective)
             if stop:
                 loop["stopped"] = "early_stopping"
                 accelerator.print(f"early stopping at step {step}: no {tc.metric} improvement in "
@@ -207,7 +210,7 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
         load_trainable_state(model, state)
     result = RunResult(run_dir, run_dir / "final", loop["step"], n_params, loop["before"], dict(final_metrics))
     if "test" in items:
-        result.test = {k.replace("eval_", "test_"): v for k, v in method.evaluate(model, items["test"], tc.eval_batch_size).items()}
+        result.test = {k.replace("eval_", "test_"): v for k, v in objective.evaluate(model, items["test"], tc.eval_batch_size).items()}
         record(result.test, loop["step"])
     if main:
         model.save_adapter(result.adapter_dir, method=cfg.method.name, steps=loop["step"], source_step=source_step,
@@ -336,7 +339,7 @@ def final_choice(loop: dict, tc) -> tuple[dict | None, dict, int]:
 def finished_result(run_dir: Path, loop: dict, model) -> RunResult:
     """The result of a run that had already ended, read back from final/ and metrics.jsonl (nothing is
     rewritten); `model` gets final/'s adapter, which is the last checkpoint's or the best one it kept."""
-    from softprompt.export import SIDECAR
+    from softprompt.adapter import SIDECAR
 
     meta = json.loads((run_dir / "final" / SIDECAR).read_text())
     if loop["best_state"] is not None and meta.get("source_step") == loop["best_step"] != loop["step"]:
@@ -347,11 +350,6 @@ def finished_result(run_dir: Path, loop: dict, model) -> RunResult:
                      best={k: v for k, v in metrics.items() if not k.startswith("test_")},
                      test={k: v for k, v in metrics.items() if k.startswith("test_")},
                      history=[json.loads(line) for line in lines], model=model)
-
-
-def label_tokens(labels: torch.Tensor, kind: str) -> int:
-    """Tokens the loss scores: causal models predict labels[:, 1:] (see SoftPromptModel._causal)."""
-    return int((labels[:, 1:] if kind == "causal" else labels).ne(-100).sum())
 
 
 def build_optimizer(cfg: Config, groups: list[dict]):
@@ -374,31 +372,30 @@ def build_scheduler(cfg: Config, optimizer):
     return get_scheduler(name, optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps)
 
 
-def check_metric(method, tc) -> None:
-    """train.metric must be one the method's evaluate() returns: a typo fails before anything is
+def check_metric(objective, tc) -> None:
+    """train.metric must be one the objective's evaluate() returns: a typo fails before anything is
     written, not at the first eval after checkpoints exist."""
-    names = method.metric_names()
+    names = objective.metric_names()
     if tc.metric not in names:
-        hint = " (eval_accuracy needs train.generate_eval: true)" if tc.metric == "eval_accuracy" else ""
+        hint = " (eval_accuracy needs objective.generate_eval: true)" if tc.metric == "eval_accuracy" else ""
         raise SoftPromptError(f"train.metric: {tc.metric!r} is not an eval metric of this run; "
                               f"choose one of {sorted(names)}{hint}")
 
 
-def greater_is_better(tc) -> bool:
-    """The direction of `tc.metric`: `tc.greater_is_better` when set, else lower for losses and
-    perplexities and higher for everything else (accuracy, F1, ...)."""
+def greater_is_better(tc, objective) -> bool:
+    """The direction of `tc.metric`: `tc.greater_is_better` when set, else the objective's."""
     if tc.greater_is_better is not None:
         return tc.greater_is_better
-    return not any(word in tc.metric.lower() for word in ("loss", "ppl", "perplexity"))
+    return objective.greater_is_better(tc.metric)
 
 
-def update_best(loop: dict, metrics: dict, model, tc, step: int) -> bool:
+def update_best(loop: dict, metrics: dict, model, tc, step: int, objective) -> bool:
     """Track the best eval by `tc.metric`; returns True when early stopping should stop the run."""
     if tc.metric not in metrics:
         raise SoftPromptError(f"train.metric: {tc.metric!r} is not an eval metric; available: {sorted(metrics)}")
     value = metrics[tc.metric]
     best = loop["best_value"]
-    if best is None or (value > best if greater_is_better(tc) else value < best):
+    if best is None or (value > best if greater_is_better(tc, objective) else value < best):
         loop.update(best_value=value, best_metrics=dict(metrics), best_state=trainable_state(model), best_step=step,
                     bad_evals=0)
         return False

@@ -23,7 +23,7 @@ def overrides(model_dir: str, data_dir: Path, out_dir: Path, **extra) -> list[st
         "model.name_or_path": model_dir, "data.path": str(data_dir), "train.output_dir": str(out_dir),
         "train.run_name": "t", "train.max_steps": 6, "train.batch_size": 4, "train.eval_every": 3,
         "train.save_every": 3, "train.log_every": 1, "train.trackers": "[]", "train.progress_bar": "false",
-        "prompt.num_virtual_tokens": 4, "optim.lr": 0.1, "train.max_new_tokens": 3,
+        "prompt.num_virtual_tokens": 4, "optim.lr": 0.1, "objective.max_new_tokens": 3,
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from softprompt.data.templates import render, template_fields
 from softprompt.errors import SoftPromptError, gist
 
 DEMO_TASK = Path(__file__).parent / "demo" / "task"
@@ -70,7 +71,7 @@ def check_text_file(file: Path) -> None:
     import io
     import json
 
-    from softprompt.config import read_utf8
+    from softprompt.textfile import read_utf8
 
     where = f"data.path: {str(file)!r}"
     text = read_utf8(file, "data file")
@@ -108,15 +109,6 @@ def check_text_file(file: Path) -> None:
         if not isinstance(row, dict):
             raise SoftPromptError(f"{where} line {n} is a JSON {type(row).__name__}, not an object; "
                                   'give one object per line like {"source": ..., "target": ...}')
-
-
-def render(template: str, row: dict, key: str) -> str:
-    try:
-        return template.format(**row)
-    except KeyError as e:
-        raise SoftPromptError(
-            f"data.{key}: refers to column {e.args[0]!r}, which the dataset lacks; its columns are {sorted(row)}"
-        ) from None
 
 
 def check_columns(fields: dict[str, list[str]], columns: list[str], data_cfg, split: str) -> None:
@@ -165,8 +157,6 @@ def encode_rows(rows, tokenizer, data_cfg, kind: str, split: str) -> list[dict]:
     limit = data_cfg.max_train_samples if split == data_cfg.train_split else data_cfg.max_eval_samples
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows))))
-    from softprompt.config import template_fields
-
     fields = {key: template_fields(getattr(data_cfg, key), f"data.{key}") for key in ("source_template", "target_template")}
     check_columns(fields, list(rows.column_names), data_cfg, split)
     eos = [tokenizer.eos_token_id] if data_cfg.add_eos and tokenizer.eos_token_id is not None else []

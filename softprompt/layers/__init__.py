@@ -1,14 +1,10 @@
-"""The shared prompt-embedding layer, its initialisations, and the registry of token offsets.
+"""Prompt sources (plain, DePT, bank), the fused kernel and the inits. Each source file holds its
+config, `build`, `param_groups` and `restore`; `softprompt/registry.py` registers them."""
 
-`OFFSETS` maps an offset's `describe()["type"]` to its class, so a saved adapter rebuilds the offset
-module (e.g. DePT's low-rank update) from its sidecar without knowing the method.
-"""
-
+from softprompt.layers.bank import PromptBank
 from softprompt.layers.dept import DeptOffset
 from softprompt.layers.prompt_embedding import PromptEmbedding, TokenOffset, apply_offset
+from softprompt.layers.source import PromptSource
 
-OFFSETS: dict[str, type] = {
-    "dept": DeptOffset,
-}
-
-__all__ = ["OFFSETS", "DeptOffset", "PromptEmbedding", "TokenOffset", "apply_offset"]
+__all__ = ["DeptOffset", "PromptBank", "PromptEmbedding", "PromptSource", "TokenOffset",
+           "apply_offset"]

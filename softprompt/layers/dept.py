@@ -33,16 +33,82 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from softprompt.errors import SoftPromptError
+from softprompt.errors import ConfigError, SoftPromptError
+from softprompt.layers.inits import initial_prompt
+from softprompt.layers.plain import PromptConfig
+from softprompt.layers.prompt_embedding import PromptEmbedding
 
 log = logging.getLogger(__name__)
 
 OVERFLOW = ("error", "truncate")
 PADDING_SIDES = ("right", "left")
+
+
+@dataclass(frozen=True)
+class DeptConfig(PromptConfig):
+    """`prompt.type: dept`. Here m is `num_virtual_tokens`; the prompt's LR / weight decay are `optim.lr` /
+    `optim.weight_decay`, A and B's are `offset_lr` / `offset_weight_decay` under the same schedule."""
+
+    type: str = "dept"
+    rank: int = 30  # r; the released GLUE/SuperGLUE runs use 30 with m = 60 (76,800 params at s=256, d=768)
+    max_length: int = 256  # s: rows of A, i.e. how many input tokens get an offset (the official max source length)
+    alpha: float = 8.0  # gamma = alpha / sqrt(r) (official lora_alpha = 8); NOT LoRA's alpha / r
+    offset_lr: float = 1e-4  # A and B's learning rate; the paper sweeps 1e-4 .. 5e-3 with prompt LR 0.3
+    offset_weight_decay: float = 0.0  # the official optimizer applies none (its CLI weight decay is unused)
+    # True: the official indexing, as if every row were padded to exactly s (right for seq2seq, left for
+    # causal models, as in the official T5 and decoder-only paths). False: row i to the i-th real token.
+    fixed_length: bool = False
+    overflow: str = "error"  # rows over s tokens: error | truncate (tokens past s get no offset)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key in ("rank", "max_length"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"prompt.{key}: must be >= 1, got {getattr(self, key)}"
+                                  + (" (rank 0 is plain prompt tuning: use prompt.type plain)" if key == "rank" else ""))
+        if self.alpha <= 0:
+            raise ConfigError(f"prompt.alpha: must be > 0, got {self.alpha}")
+        if self.offset_lr < 0 or self.offset_weight_decay < 0:
+            raise ConfigError("prompt.offset_lr and prompt.offset_weight_decay: must be >= 0")
+        if self.overflow not in OVERFLOW:
+            raise ConfigError(f"prompt.overflow: {self.overflow!r} is not valid; choose one of {list(OVERFLOW)}")
+
+
+def build(cfg: DeptConfig, table: torch.Tensor, tokenizer, kind: str, seed: int) -> PromptEmbedding:
+    """A DePT prompt: m prompt rows plus an offset sized to the base; the official padding side per kind."""
+    generator = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else seed)
+    offset = DeptOffset(cfg.max_length, cfg.rank, table.shape[1], alpha=cfg.alpha, fixed_length=cfg.fixed_length,
+                        padding_side="left" if kind == "causal" else "right", overflow=cfg.overflow,
+                        generator=generator)
+    return PromptEmbedding(initial_prompt(cfg, table, tokenizer, seed), offset=offset, kernel=cfg.kernel)
+
+
+def param_groups(source: PromptEmbedding, cfg: DeptConfig, optim) -> list[dict]:
+    """The prompt at optim.lr, A and B at their own rate (DePT's two learning rates)."""
+    return source.param_groups(optim.lr, optim.weight_decay, cfg.offset_lr, cfg.offset_weight_decay)
+
+
+def restore(description: dict, state: dict[str, torch.Tensor]) -> PromptEmbedding:
+    """Rebuild from `describe()` and `state_dict()` as an adapter saved them."""
+    spec = {k: v for k, v in description["offset"].items() if k != "type"}
+    offset = DeptOffset(**spec)
+    offset.load_state_dict({k.removeprefix("offset."): v for k, v in state.items() if k.startswith("offset.")})
+    return PromptEmbedding(state["prompt"], offset=offset)
+
+
+def check(cfg: DeptConfig, full) -> None:
+    """With overflow=error, every row the data pipeline makes must fit the offset (fail before loading)."""
+    if cfg.overflow == "error" and full.data.max_length > cfg.max_length:
+        raise ConfigError(
+            f"prompt.max_length: DePT's offset covers s={cfg.max_length} tokens but data.max_length="
+            f"{full.data.max_length} allows longer rows; set data.max_length <= {cfg.max_length} (inputs are cut "
+            "per data.truncation, as the official code cuts to s), raise prompt.max_length, or set prompt.overflow=truncate"
+        )
 
 
 class DeptOffset(nn.Module):
@@ -53,7 +119,7 @@ class DeptOffset(nn.Module):
         super().__init__()
         if length < 1 or rank < 1 or dim < 1:
             raise SoftPromptError(f"DePT offset: length s, rank r and dim must be >= 1, got s={length}, r={rank}, d={dim} "
-                                  "(r = 0 is plain prompt tuning: use method prompt_tuning)")
+                                  "(r = 0 is plain prompt tuning: use prompt.type plain)")
         if overflow not in OVERFLOW:
             raise SoftPromptError(f"DePT offset: overflow {overflow!r} is not one of {list(OVERFLOW)}")
         if padding_side not in PADDING_SIDES:
@@ -103,12 +169,12 @@ class DeptOffset(nn.Module):
         if self.overflow == "error":
             raise SoftPromptError(
                 f"DePT: an input has {longest} tokens but the offset covers s={self.length}; shorten inputs "
-                f"(data.max_length <= {self.length}), raise method.max_length, or set method.overflow=truncate "
+                f"(data.max_length <= {self.length}), raise prompt.max_length, or set prompt.overflow=truncate "
                 "to leave tokens past s without offset"
             )
         if not self._warned:
             self._warned = True
-            log.warning("DePT: an input has %d tokens; tokens past s=%d get no offset (method.overflow=truncate)",
+            log.warning("DePT: an input has %d tokens; tokens past s=%d get no offset (prompt.overflow=truncate)",
                         longest, self.length)
 
     def describe(self) -> dict:

@@ -107,3 +107,26 @@ def from_file(path: str, num_tokens: int, dim: int) -> torch.Tensor:
             "set prompt.num_virtual_tokens to match or use another file"
         )
     return tensor.float().clone()
+
+
+def initial_prompt(pcfg, table: torch.Tensor, tokenizer, seed: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The (p, d) fp32 starting prompt chosen by `pcfg.init` (a prompt config's init fields) from the
+    frozen embedding table (V, d). `generator` continues a draw (a bank's k-th prompt); else it is seeded
+    from `pcfg.seed`, or `seed` when that is None."""
+    p, d = pcfg.num_virtual_tokens, table.shape[1]
+    if generator is None:
+        generator = torch.Generator().manual_seed(pcfg.seed if pcfg.seed is not None else seed)
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if pcfg.init == "uniform":
+        return uniform(p, d, pcfg.init_range, generator)
+    if pcfg.init == "vocab":
+        return sampled_vocab(table, p, special, pcfg.vocab_top_k, generator)
+    if pcfg.init == "text":
+        ids = tokenizer(pcfg.init_text)["input_ids"]  # special tokens included, as PEFT's TEXT and DePT's code
+        return text(table, ids, p)
+    if pcfg.init == "class_label":
+        ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in pcfg.init_labels]
+        return class_label(table, ids, p, special, pcfg.vocab_top_k, generator)
+    if pcfg.init == "file":
+        return from_file(pcfg.init_file, p, d)
+    raise SoftPromptError(f"prompt.init: unknown init {pcfg.init!r}")

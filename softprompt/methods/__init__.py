@@ -1,43 +1,17 @@
-"""Methods: one file each, registered here by one entry.
+"""Methods: named presets over the components (DESIGN.md §5). One file each, with its paper link and
+anything specific to it (DePT's budget table, its official-adapter import); registry.py lists them.
 
-A method is a preset over two orthogonal axes: how the prompt is parametrised (the layer's prompt and
-optional offset) and what it is trained for (its loss and eval metric). The training loop talks to a
-method only through the `Method` protocol below; there is no `if method == ...` outside this package.
+A preset fills the config's `prompt.type` and `objective.type` (and a head where the method has one),
+so "PTEC with a DePT prompt" is a recipe, not a new method.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
-
-import torch
-
-from softprompt.methods import dept, prompt_tuning
-
-
-class Method(Protocol):
-    def build_model(self, base, tokenizer, kind: str): ...  # -> SoftPromptModel
-
-    def param_groups(self, model) -> list[dict]: ...  # optimizer groups, each with its own lr/decay
-
-    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]: ...  # (sum, count)
-
-    def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]: ...
-
-    def metric_names(self) -> tuple[str, ...]: ...  # what evaluate() returns (train.metric is checked against it)
 
 
 @dataclass(frozen=True)
-class MethodSpec:
-    config_class: type
-    build: Callable[[Any, Any], Method]  # (method config, full Config) -> Method
-
-
-METHODS: dict[str, MethodSpec] = {
-    "prompt_tuning": MethodSpec(prompt_tuning.PromptTuningConfig, prompt_tuning.build),
-    "dept": MethodSpec(dept.DeptConfig, dept.build),
-}
-
-
-def build_method(cfg) -> Method:
-    return METHODS[cfg.method.name].build(cfg.method, cfg)
+class Preset:
+    prompt: str  # a key of registry.PROMPTS
+    objective: str  # a key of registry.OBJECTIVES
+    head: str | None = None  # a key of registry.HEADS, or None: the base's own head

@@ -9,114 +9,28 @@ tokens shorter, which is where DePT saves time and memory. P and {A, B} take two
 prompt's high, e.g. 0.3; A/B's 1-3 orders lower) under one schedule. B starts at zero, so step 0 is
 exactly prompt tuning with m tokens.
 
-This file is a preset over the prompt parametrisation only: `offset_factory` and `offset_group` give any
-objective a DePT prompt; `build` composes them with prompt tuning's text-to-text objective. Here m is
-`prompt.num_virtual_tokens` and the prompt LR / weight decay are `optim.lr` / `optim.weight_decay`.
+The preset: the DePT prompt source (layers/dept.py: `prompt.type: dept`, with m = `prompt.num_virtual_tokens`,
+its rank, length s and the offset's own LR) with the text-to-text objective. Any other objective takes a
+DePT prompt by setting `prompt.type: dept`.
 
 Also here: `budget_pairs` (the (m, r) pairs that fit a vanilla budget; `softprompt budget`) and
-`load_official` (adapters saved by the official code, read without unpickling).
+`read_official` / `official_source` (adapters saved by the official code, read without unpickling).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-from softprompt.errors import ConfigError, SoftPromptError
-from softprompt.layers.dept import OVERFLOW, DeptOffset
-from softprompt.methods.prompt_tuning import PromptTuning
+from softprompt.errors import SoftPromptError
+from softprompt.layers.dept import DeptOffset
+from softprompt.layers.prompt_embedding import PromptEmbedding
+from softprompt.methods import Preset
 
-
-@dataclass(frozen=True)
-class DeptConfig:
-    name: ClassVar[str] = "dept"
-    rank: int = 30  # r; the released GLUE/SuperGLUE runs use 30 with m = 60 (76,800 params at s=256, d=768)
-    max_length: int = 256  # s: rows of A, i.e. how many input tokens get an offset (the official max source length)
-    alpha: float = 8.0  # gamma = alpha / sqrt(r) (official lora_alpha = 8); NOT LoRA's alpha / r
-    offset_lr: float = 1e-4  # A and B's learning rate; the paper sweeps 1e-4 .. 5e-3 with prompt LR 0.3
-    offset_weight_decay: float = 0.0  # the official optimizer applies none (its CLI weight decay is unused)
-    # True: the official indexing, as if every row were padded to exactly s (right for seq2seq, left for
-    # causal models, as in the official T5 and decoder-only paths). False: row i to the i-th real token.
-    fixed_length: bool = False
-    overflow: str = "error"  # rows over s tokens: error | truncate (tokens past s get no offset)
-
-    def __post_init__(self):
-        for key in ("rank", "max_length"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"method.{key}: must be >= 1, got {getattr(self, key)}"
-                                  + (" (rank 0 is plain prompt tuning: use method prompt_tuning)" if key == "rank" else ""))
-        if self.alpha <= 0:
-            raise ConfigError(f"method.alpha: must be > 0, got {self.alpha}")
-        if self.offset_lr < 0 or self.offset_weight_decay < 0:
-            raise ConfigError("method.offset_lr and method.offset_weight_decay: must be >= 0")
-        if self.overflow not in OVERFLOW:
-            raise ConfigError(f"method.overflow: {self.overflow!r} is not valid; choose one of {list(OVERFLOW)}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# The DePT prompt, usable by any objective
-
-
-def offset_factory(dc: DeptConfig, cfg):
-    """base -> DeptOffset sized to the base's embeddings (the `offset_factory` of `PromptTuning`)."""
-
-    def make(base) -> DeptOffset:
-        from softprompt.model import detect_kind
-
-        kind = cfg.model.kind if cfg.model.kind != "auto" else detect_kind(base.config)
-        seed = cfg.prompt.seed if cfg.prompt.seed is not None else cfg.train.seed
-        return DeptOffset(dc.max_length, dc.rank, base.get_input_embeddings().weight.shape[1], alpha=dc.alpha,
-                          fixed_length=dc.fixed_length, padding_side="left" if kind == "causal" else "right",
-                          overflow=dc.overflow, generator=torch.Generator().manual_seed(seed))
-
-    return make
-
-
-def offset_group(model, dc: DeptConfig) -> dict:
-    """A and B's optimizer group: their own LR and weight decay, the loop's shared schedule."""
-    offset = model.prompt.offset
-    return {"params": [offset.A, offset.B], "lr": dc.offset_lr, "weight_decay": dc.offset_weight_decay, "name": "offset"}
-
-
-def check_lengths(dc: DeptConfig, cfg) -> None:
-    """With overflow=error, every row the data pipeline makes must fit the offset (fail before loading)."""
-    if dc.overflow == "error" and cfg.data.max_length > dc.max_length:
-        raise ConfigError(
-            f"method.max_length: DePT's offset covers s={dc.max_length} tokens but data.max_length="
-            f"{cfg.data.max_length} allows longer rows; set data.max_length <= {dc.max_length} (inputs are cut "
-            "per data.truncation, as the official code cuts to s), raise method.max_length, or set method.overflow=truncate"
-        )
-
-
-class DePT:
-    """An objective (its model, loss and metrics) whose prompt is DePT-decomposed: adds A/B's group."""
-
-    def __init__(self, objective, dc: DeptConfig):
-        self.objective, self.dc = objective, dc
-
-    def build_model(self, base, tokenizer, kind: str):
-        return self.objective.build_model(base, tokenizer, kind)
-
-    def param_groups(self, model) -> list[dict]:
-        return self.objective.param_groups(model) + [offset_group(model, self.dc)]
-
-    def loss(self, model, batch):
-        return self.objective.loss(model, batch)
-
-    def metric_names(self) -> list[str]:
-        return self.objective.metric_names()
-
-    def evaluate(self, model, items, batch_size):
-        return self.objective.evaluate(model, items, batch_size)
-
-
-def build(dc: DeptConfig, cfg) -> DePT:
-    check_lengths(dc, cfg)
-    return DePT(PromptTuning(cfg, offset_factory=offset_factory(dc, cfg)), dc)
+PRESET = Preset(prompt="dept", objective="lm")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -224,32 +138,18 @@ def read_official(path: str | Path) -> dict:
             "task_type": cfg.get("task_type"), "base_model": cfg.get("base_model_name_or_path")}
 
 
-def load_official(path: str | Path, base=None, tokenizer=None, overflow: str = "error"):
-    """A SoftPromptModel reproducing an official DePT adapter: fixed-length indexing on the official
-    padding side (left for CAUSAL_LM, right otherwise). `save_adapter` then writes it in our format."""
-    from softprompt.layers import PromptEmbedding
-    from softprompt.model import SoftPromptModel, detect_kind, load_base
-
-    spec = read_official(path)
-    kind = {"CAUSAL_LM": "causal", "SEQ_2_SEQ_LM": "seq2seq"}.get(spec["task_type"], "auto")
-    if base is None:
-        if not spec["base_model"]:
-            raise SoftPromptError(f"DePT import: {str(path)!r} names no base model; pass base=... explicitly")
-        base, loaded, kind = load_base(spec["base_model"], kind=kind)
-        tokenizer = tokenizer or loaded
-    kind = kind if kind != "auto" else detect_kind(base.config)
-    dim = base.get_input_embeddings().weight.shape[1]
-    if spec["prompt"].shape[1] != dim:
-        raise SoftPromptError(f"DePT import: the adapter's token_dim is {spec['prompt'].shape[1]} but the base's hidden "
-                              f"size is {dim}; load it with its own base ({spec['base_model']!r})")
-    offset = DeptOffset(spec["length"], spec["rank"], dim, alpha=spec["alpha"], fixed_length=True,
+def official_source(spec: dict, kind: str, overflow: str = "error") -> PromptEmbedding:
+    """The prompt source reproducing an official DePT adapter (`read_official`'s spec) on a `kind` base:
+    fixed-length indexing on the official padding side (left for causal models, right otherwise)."""
+    offset = DeptOffset(spec["length"], spec["rank"], spec["prompt"].shape[1], alpha=spec["alpha"], fixed_length=True,
                         padding_side="left" if kind == "causal" else "right", overflow=overflow,
                         generator=torch.Generator().manual_seed(0))
     offset.load_state_dict({"A": spec["A"], "B": spec["B"]})
-    model = SoftPromptModel(base, PromptEmbedding(spec["prompt"], offset=offset), tokenizer, kind,
-                            spec["base_model"] or getattr(base.config, "_name_or_path", None))
-    return model.to(base.device)
+    return PromptEmbedding(spec["prompt"], offset=offset)
 
 
-__all__ = ["BudgetPair", "DePT", "DeptConfig", "budget_pairs", "build", "dept_parameters", "load_official",
-           "offset_factory", "offset_group", "read_official"]
+OFFICIAL_KINDS = {"CAUSAL_LM": "causal", "SEQ_2_SEQ_LM": "seq2seq"}
+
+
+__all__ = ["OFFICIAL_KINDS", "PRESET", "BudgetPair", "budget_pairs", "dept_parameters", "format_budget", "is_official",
+           "official_source", "read_official"]

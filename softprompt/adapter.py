@@ -1,0 +1,311 @@
+"""Adapter files: written from a model's components, read back into components.
+
+An adapter dir is at once:
+- a strict PEFT `PROMPT_TUNING` adapter (`adapter_config.json` with only PEFT's keys,
+  `adapter_model.safetensors` holding `prompt_embeddings` (p, d) fp32, `num_transformer_submodules: 1`)
+  that `peft.PeftModel.from_pretrained` loads, wherever the prompt source has a PEFT view;
+- our sidecar `softprompt.json`: the base (its name as `base_model`, how to load it again as
+  `base_loading`), kind, a probe of the base's embedding table so a wrong base is caught, and each
+  component's `describe()`; `softprompt_extra.safetensors` holds the component state PEFT cannot
+  express (DePT's A and B, a bank's prompts, a head);
+- a serving bundle `serving/` for engines that take prompt embeddings (vLLM `prompt_embeds`): the
+  prompt source's serving view in the base's dtype and the metadata a client needs.
+Every component describes itself; nothing here branches on a method. Writes are atomic (temp dir +
+rename); reading never unpickles, and every file is checked before any model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from softprompt.checkpoint import atomic_dir, commit
+from softprompt.errors import SoftPromptError, gist
+from softprompt.loading import ModelConfig
+
+log = logging.getLogger(__name__)
+
+SIDECAR = "softprompt.json"
+EXTRA = "softprompt_extra.safetensors"
+FORMAT = 2  # 1: prompt + optional "offset" (before prompt sources and heads were components)
+PEFT_TASK = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "encoder": "FEATURE_EXTRACTION"}
+FIX = "re-export the adapter, or point at a run's final/ or a PEFT prompt-tuning dir"
+
+
+def embedding_probe(base) -> list[float]:
+    """Norms of the first 8 rows of the input embedding table: tells bases apart, survives dtype casts."""
+    table = base.get_input_embeddings().weight
+    return [round(float(x), 4) for x in table[:8].detach().float().norm(dim=1)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+
+
+def save(model, out_dir: str | Path, **meta) -> Path:
+    """Write `model`'s prompt source and head (and what loads its base) as an adapter dir."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_dir(out)
+    source, head = model.prompt, model.head
+    state = {k: v.detach().float().cpu().contiguous() for k, v in source.state_dict().items()}
+    peft_key, caveat = source.peft_view()
+    if peft_key is not None:
+        _write_peft(model, state.pop(peft_key), tmp)
+    extra = {f"prompt.{k}": v for k, v in state.items()}
+    if head is not None:
+        extra.update({f"head.{k}": v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()})
+        caveat = caveat or "PEFT's prompt tuning has no place for a trained head"
+    if extra:
+        save_file(extra, str(tmp / EXTRA))
+    if caveat:
+        log.warning("%s: %s. Load it with SoftPromptModel.from_adapter, or serve it with serving/", out, caveat)
+    loading = {k: v for k, v in dataclasses.asdict(model.base_config).items() if k not in ("name_or_path", "kind")}
+    sidecar = {
+        "format": FORMAT,
+        "base_model": model.base_name,
+        "base_loading": loading,  # with base_model and kind: the ModelConfig that loads this base again
+        "kind": model.kind,
+        "num_virtual_tokens": source.num_virtual_tokens,
+        "token_dim": source.dim,
+        "base_probe": embedding_probe(model.base),
+        "prompt": source.describe(),
+        "peft_tensor": peft_key,  # which prompt state tensor adapter_model.safetensors holds, or null
+        "head": head.describe() if head is not None else None,
+        **meta,
+    }
+    (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=str))
+    _write_serving(model, tmp / "serving")
+    return commit(tmp, out)
+
+
+def _write_peft(model, prompt: torch.Tensor, out: Path) -> None:
+    import peft
+
+    save_file({"prompt_embeddings": prompt}, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})  # (p, d)
+    text_cfg = model.base.config.get_text_config()
+    peft_cfg = {
+        "auto_mapping": None,
+        "base_model_name_or_path": model.base_name,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "num_attention_heads": getattr(text_cfg, "num_attention_heads", None),
+        "num_layers": getattr(text_cfg, "num_hidden_layers", None),
+        "num_transformer_submodules": 1,
+        "num_virtual_tokens": prompt.shape[0],
+        "peft_type": "PROMPT_TUNING",
+        "peft_version": peft.__version__,
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "revision": model.base_config.revision,
+        "task_type": PEFT_TASK[model.kind],
+        "token_dim": prompt.shape[1],
+        "tokenizer_kwargs": None,
+        "tokenizer_name_or_path": None,
+    }
+    (out / "adapter_config.json").write_text(json.dumps(peft_cfg, indent=2, sort_keys=True))
+
+
+def _write_serving(model, out: Path) -> None:
+    out.mkdir()
+    dtype = model.base.get_input_embeddings().weight.dtype
+    files, view = model.prompt.serving_view(dtype)
+    for name, tensors in files.items():
+        save_file(tensors, str(out / name))
+    meta = {
+        "base_model": model.base_name,
+        "hidden_size": model.prompt.dim,
+        "dtype": str(dtype).removeprefix("torch."),
+        "layout": "prepend_before_bos",  # the prompt precedes every token, BOS included
+        "embedding_space": "input_embeddings",  # same space as base.get_input_embeddings()(ids); no scaling applied
+        "prompt": model.prompt.describe(),
+        **view,
+    }
+    (out / "serving_meta.json").write_text(json.dumps(meta, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class SavedAdapter:
+    source: torch.nn.Module  # the prompt source, rebuilt
+    head: torch.nn.Module | None
+    kind: str | None  # None: not recorded (a plain PEFT adapter of another task type)
+    base_config: ModelConfig  # what loads the base it was trained on
+    meta: dict  # the sidecar (or what a PEFT config says)
+
+
+def read(adapter_dir: str | Path) -> SavedAdapter:
+    """An adapter dir's components, every file checked; no model is loaded."""
+    from softprompt.methods import dept
+
+    path = Path(adapter_dir)
+    if dept.is_official(path):  # saved by the official DePT code (PEFT fork, PROMPT_TUNING_LORA)
+        spec = dept.read_official(path)
+        kind = dept.OFFICIAL_KINDS.get(spec["task_type"])
+        meta = {"token_dim": spec["prompt"].shape[1], "base_model": spec["base_model"]}
+        return SavedAdapter(dept.official_source(spec, kind or "seq2seq"), None, kind,
+                            ModelConfig(name_or_path=spec["base_model"] or "", kind=kind or "auto"), meta)
+    meta = read_sidecar(path)
+    state = {}
+    if meta.get("peft_tensor"):
+        state[meta["peft_tensor"]] = read_prompt(path, meta)  # checked before any model loads
+    extra = read_tensors(path / EXTRA, "re-export the adapter") if meta["has_extra"] else {}
+    if meta.get("extra_prefix"):  # format 1 stored the offset's own state dict
+        extra = {meta["extra_prefix"] + k: v for k, v in extra.items()}
+    state.update({k.removeprefix("prompt."): v for k, v in extra.items() if k.startswith("prompt.")})
+    source = _restore("PROMPTS", meta["prompt"], state, path)
+    head = None
+    if meta.get("head"):
+        head_state = {k.removeprefix("head."): v for k, v in extra.items() if k.startswith("head.")}
+        head = _restore("HEADS", meta["head"], head_state, path)
+    kind = meta.get("kind")
+    loading = meta.get("base_loading") or {}
+    known = {f.name for f in dataclasses.fields(ModelConfig)} - {"name_or_path", "kind"}
+    base_config = ModelConfig(name_or_path=meta.get("base_model") or "", kind=kind or "auto",
+                              **{k: v for k, v in loading.items() if k in known})
+    return SavedAdapter(source, head, kind, base_config, meta)
+
+
+def _restore(table: str, description: dict, state: dict, path: Path):
+    from softprompt import registry
+
+    entries = getattr(registry, table)
+    kind = description.get("type") if isinstance(description, dict) else None
+    if kind not in entries:
+        raise SoftPromptError(f"adapter: {str(path / SIDECAR)!r} names a {table.lower()[:-1]} of type {kind!r}, which this "
+                              f"softprompt does not have (it has {sorted(entries)}); upgrade softprompt or re-export")
+    try:
+        return entries[kind].restore(description, state)
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise SoftPromptError(f"adapter: {str(path)!r}: its {kind} tensors do not match {SIDECAR} ({gist(e)}); "
+                              "the files are damaged or belong to another adapter; re-export it") from None
+
+
+def read_json(file: Path, fix: str) -> dict:
+    """A JSON object from `file`; anything else (missing, not UTF-8, invalid, not an object) is one clear error."""
+    if not file.is_file():
+        raise SoftPromptError(f"{str(file)!r} does not exist; {fix}")
+    try:
+        data = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SoftPromptError(f"{str(file)!r} is not valid JSON ({getattr(e, 'msg', None) or e.reason}); {fix}") from None
+    if not isinstance(data, dict):
+        raise SoftPromptError(f"{str(file)!r} holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
+
+
+def read_tensors(file: Path, fix: str) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file. Never unpickles: a torch.save/pickle file is refused by name."""
+    if not file.is_file():
+        raise SoftPromptError(f"{str(file)!r} does not exist; {fix}")
+    with open(file, "rb") as f:
+        head = f.read(2)
+    if head[:1] == b"\x80" or head == b"PK":
+        raise SoftPromptError(f"{str(file)!r} is a pickle / torch.save file, not safetensors (pickles are never "
+                              f"loaded: they can run code); convert it with safetensors.torch.save_file, or {fix}")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: truncated, empty, not safetensors
+        reason = gist(e)
+        raise SoftPromptError(f"{str(file)!r} is not a readable safetensors file ({reason}); it may be truncated; "
+                              f"{fix}") from None
+
+
+def _int_field(meta: dict, key: str, file: Path, fix: str) -> int:
+    value = meta.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise SoftPromptError(f"{str(file)!r}: {key} is {value!r}, expected a positive integer; {fix}")
+    return value
+
+
+def read_sidecar(adapter_dir: Path) -> dict:
+    """The sidecar in the current format (a format-1 sidecar or a plain PEFT config is translated), with
+    `rows` (the PEFT tensor's row count) and `has_extra` added."""
+    sidecar = adapter_dir / SIDECAR
+    if sidecar.is_file():
+        meta = read_json(sidecar, FIX)
+        for key in ("num_virtual_tokens", "token_dim"):
+            _int_field(meta, key, sidecar, FIX)
+        if meta.get("format", 1) == 1:  # prompt in adapter_model.safetensors, an optional offset's A/B in EXTRA
+            offset = meta.get("offset")
+            meta["prompt"] = {"type": offset["type"] if offset else "plain", "offset": offset}
+            meta["peft_tensor"], meta["head"], meta["extra_prefix"] = "prompt", None, "prompt.offset."
+        meta["rows"] = meta["num_virtual_tokens"]
+        meta["has_extra"] = (adapter_dir / EXTRA).is_file() or bool(meta.get("head")) or \
+            meta["prompt"].get("type") not in ("plain", None) or not meta.get("peft_tensor")
+        if meta.get("peft_tensor") and not (adapter_dir / "adapter_model.safetensors").is_file():
+            raise SoftPromptError(f"adapter: {str(adapter_dir)!r} has no adapter_model.safetensors; {FIX}")
+        return meta
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise SoftPromptError(
+            f"adapter: {str(adapter_dir)!r} is not an adapter dir (no adapter_model.safetensors); "
+            "point at a run's final/ or a PEFT prompt-tuning dir"
+        )
+    file = adapter_dir / "adapter_config.json"
+    peft_cfg = read_json(file, FIX)  # a plain PEFT adapter
+    if peft_cfg.get("peft_type") != "PROMPT_TUNING":
+        raise SoftPromptError(f"adapter: {str(adapter_dir)!r} is a {peft_cfg.get('peft_type')} adapter; only PROMPT_TUNING imports")
+    p, dim = (_int_field(peft_cfg, key, file, FIX) for key in ("num_virtual_tokens", "token_dim"))
+    task = peft_cfg.get("task_type")
+    # PEFT's own default: None means 2 for SEQ_2_SEQ_LM (an encoder prompt, then a decoder prompt), else 1
+    submodules = peft_cfg.get("num_transformer_submodules") or (2 if task == "SEQ_2_SEQ_LM" else 1)
+    if submodules not in (1, 2):
+        raise SoftPromptError(f"{str(file)!r}: num_transformer_submodules is {submodules!r}, expected 1 or 2; {FIX}")
+    kind = {"CAUSAL_LM": "causal", "SEQ_2_SEQ_LM": "seq2seq"}.get(task)
+    return {"base_model": peft_cfg.get("base_model_name_or_path"), "kind": kind, "prompt": {"type": "plain"},
+            "peft_tensor": "prompt", "head": None, "has_extra": False, "token_dim": dim, "num_virtual_tokens": p,
+            "rows": p * submodules, "num_transformer_submodules": submodules,
+            "base_loading": {"revision": peft_cfg.get("revision")}}
+
+
+def read_prompt(adapter_dir: Path, meta: dict) -> torch.Tensor:
+    """The (p, d) prompt, its shape checked against the config before any model loads. A PEFT seq2seq
+    adapter saved with num_transformer_submodules 2 holds (2p, d): p encoder rows then p decoder rows.
+    PEFT prepends the decoder rows to the decoder's input; our seq2seq prompt is encoder-only, so such an
+    adapter cannot be reproduced and is refused rather than loaded as a 2p-row encoder prompt."""
+    file = adapter_dir / "adapter_model.safetensors"
+    fix = "re-export the adapter"
+    tensors = read_tensors(file, fix)
+    if "prompt_embeddings" not in tensors:
+        raise SoftPromptError(f"{str(file)!r} has no 'prompt_embeddings' tensor (it holds {sorted(tensors)[:5]}); {fix}")
+    prompt = tensors["prompt_embeddings"]
+    expected = (meta["rows"], meta["token_dim"])
+    if tuple(prompt.shape) != expected:
+        raise SoftPromptError(
+            f"{str(file)!r}: prompt_embeddings has shape {tuple(prompt.shape)} but the adapter's config says "
+            f"{expected} (num_virtual_tokens={meta['num_virtual_tokens']}, token_dim={meta['token_dim']}"
+            f"{', num_transformer_submodules=2' if meta.get('num_transformer_submodules') == 2 else ''}); "
+            "the file is damaged or belongs to another adapter"
+        )
+    if meta.get("num_transformer_submodules") == 2:
+        raise SoftPromptError(
+            f"adapter: {str(adapter_dir)!r} is a PEFT seq2seq adapter saved with num_transformer_submodules: 2 "
+            f"(an encoder prompt and a decoder prompt, {meta['num_virtual_tokens']} rows each); softprompt's seq2seq "
+            "prompt is encoder-only, so it cannot reproduce it. Train it with PromptTuningConfig("
+            "num_transformer_submodules=1) or with softprompt"
+        )
+    return prompt
+
+
+def check_base(saved: SavedAdapter, base, where: str) -> None:
+    """Refuse a base other than the one the adapter was trained on (hidden size, embedding probe)."""
+    meta = saved.meta
+    dim = base.get_input_embeddings().weight.shape[1]
+    probe = meta.get("base_probe")
+    mismatch = meta["token_dim"] != dim or (
+        probe is not None and not torch.allclose(torch.tensor(probe), torch.tensor(embedding_probe(base)), rtol=2e-2, atol=1e-3)
+    )
+    if mismatch:
+        raise SoftPromptError(
+            f"adapter: {where} was trained on base model {meta.get('base_model')!r} (hidden size {meta['token_dim']}), "
+            f"which is not the base given (hidden size {dim}, other embedding weights); load it with its own base"
+        )

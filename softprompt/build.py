@@ -1,0 +1,33 @@
+"""From a config to its components: the objective, the model (base + prompt source + head) and the
+optimizer's parameter groups. The registry says which file builds each; nothing here names a method."""
+
+from __future__ import annotations
+
+from softprompt.config import Config
+from softprompt.model import SoftPromptModel
+from softprompt.registry import HEADS, OBJECTIVES, PROMPTS
+
+
+def build_objective(cfg: Config):
+    """The objective, built before any model loads (its metric names check train.metric)."""
+    return OBJECTIVES[cfg.objective.type].build(cfg.objective)
+
+
+def build_model(cfg: Config, base, tokenizer, kind: str) -> SoftPromptModel:
+    """The frozen `base` with a fresh prompt source and head per `cfg`. Draws from seeded generators
+    only, so the global RNG (dropout, data order) is the same whichever components are built."""
+    objective = build_objective(cfg)
+    objective.check_model(kind, cfg.head is not None, cfg.model.name_or_path)
+    table = base.get_input_embeddings().weight  # (V, d)
+    seed = cfg.prompt.seed if cfg.prompt.seed is not None else cfg.train.seed
+    source = PROMPTS[cfg.prompt.type].build(cfg.prompt, table, tokenizer, kind, cfg.train.seed)
+    head = HEADS[cfg.head.type].build(cfg.head, table.shape[1], seed + 1) if cfg.head is not None else None
+    return SoftPromptModel(base, source, tokenizer, kind, cfg.model, execution=cfg.prompt.execution, head=head)
+
+
+def param_groups(cfg: Config, model: SoftPromptModel) -> list[dict]:
+    """Optimizer groups from the components (prompt LR, a DePT offset's LR, a head's LR)."""
+    groups = PROMPTS[cfg.prompt.type].param_groups(model.prompt, cfg.prompt, cfg.optim)
+    if model.head is not None:
+        groups += HEADS[cfg.head.type].param_groups(model.head, cfg.head, cfg.optim)
+    return groups

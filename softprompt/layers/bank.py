@@ -1,0 +1,134 @@
+"""A bank of prompts with one chosen per row: the per-row prompt source behind dynamic prompting
+(IDP: Hoang et al. 2023, "Dynamic Prompting: A Unified Framework for Prompt Tuning",
+https://arxiv.org/abs/2303.02909) and any method that keeps a prompt per task, domain or cluster.
+
+The bank holds K prompts (K, p, d). Row b of a batch takes prompt `prompt_index[b]`, which the caller
+passes (a data column, or a selector that a method adds); the bank never guesses one. Every prompt
+is initialised like a plain prompt, each with its own draw, so the bank does not start symmetric.
+
+Execution: concatenation gathers each row's prompt. The shared-prefix path runs the K prompts once
+(batch K) and hands each row its own prompt's keys/values (`shared_prefix.broadcast_cache`), so the
+work per step is K·p + B·L token passes instead of B·(p + L). The fused kernel writes one prompt for
+every row, so here it writes the tokens only and the prompts are gathered in torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from softprompt.errors import ConfigError, SoftPromptError
+from softprompt.layers import fused
+from softprompt.layers.inits import initial_prompt
+from softprompt.layers.plain import PromptConfig
+
+
+@dataclass(frozen=True)
+class BankConfig(PromptConfig):
+    """`prompt.type: bank`: `num_prompts` prompts of `num_virtual_tokens` rows, one per row of a batch."""
+
+    type: str = "bank"
+    num_prompts: int = 4
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_prompts < 1:
+            raise ConfigError(f"prompt.num_prompts: must be >= 1, got {self.num_prompts}")
+        if self.init == "file":
+            raise ConfigError("prompt.init: 'file' holds one (p, d) prompt; a bank starts from vocab, uniform, text "
+                              "or class_label (or load a saved bank with SoftPromptModel.from_adapter)")
+
+
+class PromptBank(nn.Module):
+    row_invariant = False  # row b takes prompt prompt_index[b]
+
+    def __init__(self, prompts_init: torch.Tensor, kernel: str = "auto"):
+        super().__init__()
+        if prompts_init.dim() != 3:
+            raise SoftPromptError(f"prompt bank: expected a (K, p, d) tensor of prompts, got shape {tuple(prompts_init.shape)}")
+        self.prompts = nn.Parameter(prompts_init.detach().float().clone())  # (K, p, D) fp32 master copy
+        self.kernel = kernel
+
+    @property
+    def num_prompts(self) -> int:
+        return self.prompts.shape[0]
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.prompts.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.prompts.shape[2]
+
+    def prompt_table(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.prompts.to(dtype)  # (K, p, D)
+
+    def row_index(self, prompt_index: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if prompt_index is None:
+            raise SoftPromptError(f"prompt_index: this model has a bank of {self.num_prompts} prompts and each row needs "
+                                  "one; pass prompt_index, a (batch,) tensor of prompt numbers in [0, num_prompts)")
+        prompt_index = torch.as_tensor(prompt_index, device=self.prompts.device).long().reshape(-1)
+        if prompt_index.shape[0] != batch:
+            raise SoftPromptError(f"prompt_index: {prompt_index.shape[0]} entries for a batch of {batch} rows; give one per row")
+        return prompt_index  # (B,)
+
+    def version(self) -> tuple:
+        return (self.prompts._version, self.prompts.data_ptr())
+
+    offsets_tokens = False
+
+    def generation_offset(self, token_mask: torch.Tensor) -> None:
+        return None
+
+    def token_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module) -> torch.Tensor:
+        if fused.enabled(self.kernel, table, self.prompts.device):
+            return fused.token_embeds(table.weight, input_ids)  # (B, L, D)
+        return table(input_ids)  # (B, L, D)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module,
+                prompt_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenation path: `[prompts[prompt_index[b]]; tokens[b]]` (B, p+L, D) and its mask (B, p+L)."""
+        batch = input_ids.shape[0]
+        index = self.row_index(prompt_index, batch)
+        tokens = self.token_embeds(input_ids, attention_mask, table)  # (B, L, D)
+        prompts = self.prompts.to(tokens.dtype)[index]  # (B, p, D)
+        embeds = torch.cat([prompts, tokens], dim=1)  # (B, p+L, D)
+        mask = torch.cat([attention_mask.new_ones(batch, self.num_virtual_tokens), attention_mask], dim=1)  # (B, p+L)
+        return embeds, mask
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        return [{"params": [self.prompts], "lr": lr, "weight_decay": weight_decay, "name": "prompt"}]
+
+    def describe(self) -> dict:
+        return {"type": "bank", "num_prompts": self.num_prompts, "num_virtual_tokens": self.num_virtual_tokens,
+                "dim": self.dim}
+
+    def peft_view(self) -> tuple[None, str]:
+        """PEFT cannot hold a bank: no PEFT tensor, and why."""
+        return None, (f"PEFT's prompt tuning holds one prompt and a bank holds {self.num_prompts}, chosen per row; "
+                      "load it with SoftPromptModel.from_adapter")
+
+    def serving_view(self, dtype: torch.dtype) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+        files = {"prompt_bank.safetensors": {"prompt_embeds": self.prompts.detach().to(dtype).cpu().contiguous()}}  # (K, p, D)
+        meta = {"num_virtual_tokens": self.num_virtual_tokens, "num_prompts": self.num_prompts, "token_offset": False,
+                "recipe": "ids = tokenizer(text); k = the row's prompt number; "
+                          "x = cat([prompt_embeds[k], embed(ids)]); send x as prompt_embeds"}
+        return files, meta
+
+
+def build(cfg: BankConfig, table: torch.Tensor, tokenizer, kind: str, seed: int) -> PromptBank:
+    generator = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else seed)
+    prompts = [initial_prompt(cfg, table, tokenizer, seed, generator) for _ in range(cfg.num_prompts)]
+    return PromptBank(torch.stack(prompts), kernel=cfg.kernel)  # (K, p, D)
+
+
+def param_groups(source: PromptBank, cfg: BankConfig, optim) -> list[dict]:
+    return source.param_groups(optim.lr, optim.weight_decay)
+
+
+def restore(description: dict, state: dict[str, torch.Tensor]) -> PromptBank:
+    """Rebuild from `describe()` and `state_dict()` as an adapter saved them."""
+    return PromptBank(state["prompts"])

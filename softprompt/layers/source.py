@@ -1,0 +1,53 @@
+"""The prompt-source protocol: what produces the virtual rows for a batch (DESIGN.md §5).
+
+A source is an `nn.Module` holding its own trainable state. Nothing outside `layers/` reads that state
+directly: the model, the shared-prefix path, the optimizer and the adapter go through these methods.
+
+- Row-invariant sources (`row_invariant = True`: the plain prompt, DePT's prompt plus token offset)
+  give every row the same prompt, so the prompt can run once per batch (shared prefix) and the fused
+  kernel can write it. Per-row sources (a bank) give row b the prompt `prompt_table()[row_index(...)[b]]`;
+  the shared-prefix path then runs each distinct prompt once and gives each row its own prompt's cache
+  (`shared_prefix.broadcast_cache`), which is the one place that difference is handled.
+- `describe()` and `state_dict()` are what an adapter stores; the registry entry's `restore` rebuilds the
+  source from them. `peft_view()` and `serving_view()` are the exports' views of it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+class PromptSource(Protocol):
+    row_invariant: bool
+    kernel: str  # auto | torch | triton (layers/fused.py)
+
+    @property
+    def num_virtual_tokens(self) -> int: ...  # p: virtual rows per input row
+
+    @property
+    def dim(self) -> int: ...
+
+    def prompt_table(self, dtype: torch.dtype) -> torch.Tensor: ...  # (K, p, D): every distinct prompt
+
+    def row_index(self, prompt_index: torch.Tensor | None, batch: int) -> torch.Tensor | None: ...  # (B,) or None: all row 0
+
+    def version(self) -> tuple: ...  # changes when the prompt rows may have changed (cache key)
+
+    def token_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module) -> torch.Tensor: ...
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module,
+                prompt_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...  # (B, p+L, D), (B, p+L)
+
+    @property
+    def offsets_tokens(self) -> bool: ...  # whether tokens get an offset (generation must add it to new tokens)
+
+    def generation_offset(self, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+
+    def describe(self) -> dict: ...  # {"type": <registry key>, ...}
+
+    def peft_view(self) -> tuple[str | None, str | None]: ...  # (state key of PEFT's prompt_embeddings or None, caveat)
+
+    def serving_view(self, dtype: torch.dtype) -> tuple[dict[str, dict[str, torch.Tensor]], dict]: ...

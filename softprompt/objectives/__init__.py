@@ -1,0 +1,34 @@
+"""Objectives: what a prompt is trained for (DESIGN.md §5). One file each, registered in registry.py.
+
+An objective owns everything the loop must not know about a task: how rows become examples, how
+examples become a batch, the loss and its normaliser, and the eval metrics with their direction. The
+loop only ever calls the `Objective` protocol below.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Objective(Protocol):
+    uses_head: bool  # True: the model runs the base's body and a trainable head (never the LM head)
+
+    def check_model(self, kind: str, has_head: bool, name: str) -> None: ...  # refuse a base it cannot train
+
+    def encode(self, rows, tokenizer, data_cfg, kind: str, split: str) -> list[dict]: ...  # every item has input_ids
+
+    def collate(self, items: list[dict], pad_id: int, kind: str) -> dict[str, torch.Tensor]: ...
+
+    def weight(self, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor: ...  # the batch's share of the normaliser
+
+    # Summed over what weight() counts. Call only `model(...)`: under DDP/FSDP it is a wrapper whose
+    # forward is all it exposes (`output="hidden"` / `"scores"` reach the body and the head).
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def metric_names(self) -> list[str]: ...  # what evaluate() returns, known before any model is built
+
+    def greater_is_better(self, metric: str) -> bool: ...
+
+    def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]: ...

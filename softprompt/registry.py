@@ -1,0 +1,58 @@
+"""Every component and method, registered here and nowhere else (DESIGN.md §5, §8.1).
+
+Four kinds of component, each a file with its frozen config and paper link:
+- PROMPTS: how the virtual rows are produced (layers/): plain, DePT, a bank;
+- OBJECTIVES: what they are trained for (objectives/): text-to-text LM;
+- HEADS: a trainable module on aligned hidden states (heads.py);
+- the base loader is `loading.load_base`, whose `ModelConfig` records quantization and placement.
+A method (METHODS) is a preset naming one of each. Adding a method is a file plus a line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from softprompt import heads
+from softprompt.errors import ConfigError
+from softprompt.layers import bank, dept, plain
+from softprompt.methods import Preset
+from softprompt.methods import dept as dept_method
+from softprompt.methods import prompt_tuning
+from softprompt.objectives import lm
+
+
+@dataclass(frozen=True)
+class Component:
+    config_class: type  # the frozen dataclass its config section builds
+    build: Callable  # prompts: (cfg, table, tokenizer, kind, seed); objectives: (cfg); heads: (cfg, dim, seed)
+    param_groups: Callable | None = None  # (module, cfg, optim config) -> optimizer groups
+    restore: Callable | None = None  # (describe() dict, state dict) -> module, for adapters
+    check: Callable | None = None  # (cfg, full Config) -> None: cross-section checks before anything loads
+
+
+PROMPTS: dict[str, Component] = {
+    "plain": Component(plain.PromptConfig, plain.build, plain.param_groups, plain.restore),
+    "dept": Component(dept.DeptConfig, dept.build, dept.param_groups, dept.restore, dept.check),
+    "bank": Component(bank.BankConfig, bank.build, bank.param_groups, bank.restore),
+}
+
+OBJECTIVES: dict[str, Component] = {
+    "lm": Component(lm.LMConfig, lm.build),
+}
+
+HEADS: dict[str, Component] = {
+    "linear": Component(heads.HeadConfig, heads.build, heads.param_groups, heads.restore),
+}
+
+METHODS: dict[str, Preset] = {
+    "prompt_tuning": prompt_tuning.PRESET,
+    "dept": dept_method.PRESET,
+}
+
+
+def lookup(table: dict, name: str, where: str):
+    """table[name], or a ConfigError naming `where` and the registered names."""
+    if name not in table:
+        raise ConfigError(f"{where}: unknown {where.split('.')[0]} {name!r}; choose one of {sorted(table)}")
+    return table[name]

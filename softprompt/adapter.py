@@ -300,12 +300,12 @@ def check_base(saved: SavedAdapter, base, where: str) -> None:
     """Refuse a base other than the one the adapter was trained on (hidden size, embedding probe)."""
     meta = saved.meta
     dim = base.get_input_embeddings().weight.shape[1]
+    if meta["token_dim"] != dim:
+        raise SoftPromptError(f"adapter: {where}: the adapter's token_dim is {meta['token_dim']} but the base's hidden "
+                              f"size is {dim}; load it with its own base ({meta.get('base_model')!r})")
     probe = meta.get("base_probe")
-    mismatch = meta["token_dim"] != dim or (
-        probe is not None and not torch.allclose(torch.tensor(probe), torch.tensor(embedding_probe(base)), rtol=2e-2, atol=1e-3)
-    )
-    if mismatch:
+    if probe is not None and not torch.allclose(torch.tensor(probe), torch.tensor(embedding_probe(base)), rtol=2e-2, atol=1e-3):
         raise SoftPromptError(
-            f"adapter: {where} was trained on base model {meta.get('base_model')!r} (hidden size {meta['token_dim']}), "
-            f"which is not the base given (hidden size {dim}, other embedding weights); load it with its own base"
+            f"adapter: {where} was trained on base model {meta.get('base_model')!r}, whose embedding weights differ "
+            "from the base given; load it with its own base"
         )

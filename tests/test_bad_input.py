@@ -405,7 +405,7 @@ def valid_adapter(saved_model, tokenizer, tmp_path_factory):
 
     path = saved_model("llama")
     base = AutoModelForCausalLM.from_pretrained(path)
-    model = SoftPromptModel(base, PromptEmbedding(torch.randn(4, 32) * 0.1), tokenizer, base_name=path)
+    model = SoftPromptModel(base, PromptEmbedding(torch.randn(4, 32) * 0.1), tokenizer, base_config=path)
     return model.save_adapter(tmp_path_factory.mktemp("adapter") / "adapter")
 
 

@@ -6,7 +6,8 @@ import torch
 from conftest import build_model
 from softprompt.config import PromptConfig
 from softprompt.layers import PromptEmbedding
-from softprompt.model import SoftPromptModel, initial_prompt
+from softprompt.layers.inits import initial_prompt
+from softprompt.model import SoftPromptModel
 from test_shared_prefix import TinyOffset
 
 TEXTS = ["the cat sat on the mat", "apple = red", "one two", "sky"]
@@ -15,7 +16,7 @@ TEXTS = ["the cat sat on the mat", "apple = red", "one two", "sky"]
 def pair(family, tokenizer, p=5, offset=False):
     """The same prompt (and offset) behind a cached (shared-prefix) and an uncached (concat) model."""
     base = build_model(family, len(tokenizer))
-    init = initial_prompt(PromptConfig(num_virtual_tokens=p), base, tokenizer, 0)
+    init = initial_prompt(PromptConfig(num_virtual_tokens=p), base.get_input_embeddings().weight, tokenizer, 0)
     dim = init.shape[1]
     state = TinyOffset(3, dim).state_dict() if offset else None
     models = []

@@ -7,7 +7,7 @@ import pytest
 
 from softprompt.cli import main
 from softprompt.data.loading import DEMO_TASK
-from softprompt.model import DEMO_MODEL, load_base
+from softprompt.loading import DEMO_MODEL, load_base
 
 
 def test_demo_assets_load_offline():

@@ -14,10 +14,13 @@ from helpers import overrides, write_task
 from softprompt import load_config, train
 from softprompt.config import PromptConfig
 from softprompt.errors import ConfigError, SoftPromptError
-from softprompt.layers import OFFSETS, DeptOffset, PromptEmbedding
-from softprompt.methods import build_method
+from softprompt.layers import DeptOffset, PromptEmbedding
+from softprompt.registry import PROMPTS
+from softprompt.build import build_model as build_components
+from softprompt.build import build_objective, param_groups
 from softprompt.methods.dept import budget_pairs, dept_parameters
-from softprompt.model import SoftPromptModel, initial_prompt
+from softprompt.layers.inits import initial_prompt
+from softprompt.model import SoftPromptModel
 
 TEXTS = ["the cat sat on the mat", "a dog", "red green blue yellow one two"]
 
@@ -25,7 +28,7 @@ TEXTS = ["the cat sat on the mat", "a dog", "red green blue yellow one two"]
 def tiny(family, tokenizer, m=4, s=16, r=3, nonzero_b=True, seed=0, **offset_kwargs):
     """(DePT model, plain prompt-tuning model) over one base, sharing the same m-token prompt."""
     base = build_model(family, len(tokenizer), seed=seed)
-    prompt = initial_prompt(PromptConfig(num_virtual_tokens=m), base, tokenizer, seed)
+    prompt = initial_prompt(PromptConfig(num_virtual_tokens=m), base.get_input_embeddings().weight, tokenizer, seed)
     offset = DeptOffset(s, r, 32, generator=torch.Generator().manual_seed(seed), **offset_kwargs)
     if nonzero_b:
         with torch.no_grad():
@@ -65,9 +68,11 @@ def test_offset_shapes_init_scaling_and_registry():
     assert off.scaling == pytest.approx(8 / math.sqrt(30)) and off.scaling == pytest.approx(1.4606, abs=1e-4)
     assert off.A.abs().max() <= 1 / math.sqrt(30) and off.A.std() > 0.5 / math.sqrt(30) / math.sqrt(3)
     assert torch.equal(off.B, torch.zeros(30, 768)) and torch.equal(off.rows(), torch.zeros(256, 768))
-    assert OFFSETS[off.describe()["type"]] is DeptOffset
-    spec = dict(off.describe())
-    assert OFFSETS[spec.pop("type")](**spec).describe() == off.describe()
+    source = PromptEmbedding(torch.zeros(2, 768), offset=off)
+    description = source.describe()  # what an adapter records; the registry rebuilds the source from it
+    assert description["type"] == "dept"
+    restored = PROMPTS[description["type"]].restore(description, source.state_dict())
+    assert restored.offset.describe() == off.describe() and torch.equal(restored.offset.A, off.A)
     state = torch.random.get_rng_state()
     DeptOffset(8, 2, 4, generator=torch.Generator().manual_seed(0))
     assert torch.equal(state, torch.random.get_rng_state())  # dropout / data order unaffected
@@ -84,7 +89,7 @@ def test_index_real_tokens_fixed_length_and_overflow():
     assert fixed.index(left).tolist() == [[-1, 3, 4, 5], [-1, -1, 4, 5]]
     assert DeptOffset(6, 2, 4, fixed_length=True).index(left).tolist() == off.index(left).tolist()
     long = torch.ones(2, 8, dtype=torch.long)
-    with pytest.raises(SoftPromptError, match="method.overflow=truncate"):
+    with pytest.raises(SoftPromptError, match="prompt.overflow=truncate"):
         DeptOffset(6, 2, 4).index(long)
     assert DeptOffset(6, 2, 4, overflow="truncate").index(long)[0].tolist() == [0, 1, 2, 3, 4, 5, -1, -1]
     assert DeptOffset(6, 2, 4).index(long[:, :6])[0].tolist() == [0, 1, 2, 3, 4, 5]  # exactly s fits
@@ -166,23 +171,22 @@ def test_fixed_length_reproduces_the_official_formula(tokenizer, family):
 
 
 def dept_cfg(model_dir, task, out, **extra):
-    values = {"method.name": "dept", "method.rank": 3, "method.max_length": 24, "method.offset_lr": 0.01,
+    values = {"method.name": "dept", "prompt.rank": 3, "prompt.max_length": 24, "prompt.offset_lr": 0.01,
               "data.max_length": 24, "data.max_target_length": 8, **extra}
     return load_config(None, overrides(model_dir, task, out, **values))
 
 
 def test_param_groups_schedule_and_parameter_count(saved_model, tmp_path):
-    from softprompt.model import load_base
+    from softprompt.loading import load_base
     from softprompt.train import build_optimizer, build_scheduler
 
     cfg = dept_cfg(saved_model("llama"), tmp_path, tmp_path, **{"optim.lr": 0.3, "optim.weight_decay": 1e-5,
-                   "method.offset_weight_decay": 0.01, "optim.warmup_steps": 4, "optim.scheduler": "linear"})
-    method = build_method(cfg)
-    base, tok, kind = load_base(cfg.model.name_or_path)
-    model = method.build_model(base, tok, kind)
+                   "prompt.offset_weight_decay": 0.01, "optim.warmup_steps": 4, "optim.scheduler": "linear"})
+    base, tok, kind = load_base(cfg.model)
+    model = build_components(cfg, base, tok, kind)
     assert model.trainable_parameters() == dept_parameters(4, 3, 24, 32) == 4 * 32 + 3 * (24 + 32)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"prompt.prompt", "prompt.offset.A", "prompt.offset.B"}
-    opt = build_optimizer(cfg, method.param_groups(model))
+    opt = build_optimizer(cfg, param_groups(cfg, model))
     assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [(0.3, 1e-5, 1), (0.01, 0.01, 2)]
     assert opt.param_groups[1]["params"][0] is model.prompt.offset.A
     sched = build_scheduler(cfg, opt)
@@ -193,20 +197,21 @@ def test_param_groups_schedule_and_parameter_count(saved_model, tmp_path):
 
 
 def test_gradients_reach_b_first_then_a(saved_model, tmp_path):
-    from softprompt.data import collate, encode_rows, load_split
-    from softprompt.model import load_base
+    from softprompt.data import load_split
+    from softprompt.loading import load_base
     from softprompt.train import build_optimizer
 
     task = write_task(tmp_path / "data")
     cfg = dept_cfg(saved_model("llama"), task, tmp_path)
-    method = build_method(cfg)
-    base, tok, kind = load_base(cfg.model.name_or_path)
-    model = method.build_model(base, tok, kind)
-    items = encode_rows(load_split(str(task), "train"), tok, cfg.data, kind, "train")
-    opt = build_optimizer(cfg, method.param_groups(model))
+    objective = build_objective(cfg)
+    base, tok, kind = load_base(cfg.model)
+    model = build_components(cfg, base, tok, kind)
+    items = objective.encode(load_split(str(task), "train"), tok, cfg.data, kind, "train")
+    opt = build_optimizer(cfg, param_groups(cfg, model))
     off = model.prompt.offset
     for step in (1, 2):
-        loss_sum, count = method.loss(model, collate(items[:4], tok.pad_token_id, kind))
+        batch = objective.collate(items[:4], tok.pad_token_id, kind)
+        loss_sum, count = objective.loss(model, batch), objective.weight(batch, kind)
         (loss_sum / count).backward()
         if step == 1:
             assert torch.equal(off.A.grad, torch.zeros_like(off.A))  # dL/dA = gamma * G @ B^T, B = 0
@@ -218,13 +223,13 @@ def test_gradients_reach_b_first_then_a(saved_model, tmp_path):
 
 
 def test_config_errors(saved_model, tmp_path):
-    with pytest.raises(ConfigError, match="method.rank"):
-        dept_cfg(saved_model("llama"), tmp_path, tmp_path, **{"method.rank": 0})
-    with pytest.raises(ConfigError, match="method.overflow"):
-        dept_cfg(saved_model("llama"), tmp_path, tmp_path, **{"method.overflow": "wrap"})
+    with pytest.raises(ConfigError, match="prompt.rank"):
+        dept_cfg(saved_model("llama"), tmp_path, tmp_path, **{"prompt.rank": 0})
+    with pytest.raises(ConfigError, match="prompt.overflow"):
+        dept_cfg(saved_model("llama"), tmp_path, tmp_path, **{"prompt.overflow": "wrap"})
     with pytest.raises(ConfigError, match=r"data.max_length <= 24"):
-        build_method(dept_cfg(saved_model("llama"), tmp_path, tmp_path, **{"data.max_length": 64}))
-    build_method(dept_cfg(saved_model("llama"), tmp_path, tmp_path, **{"data.max_length": 64, "method.overflow": "truncate"}))
+        build_objective(dept_cfg(saved_model("llama"), tmp_path, tmp_path, **{"data.max_length": 64}))
+    build_objective(dept_cfg(saved_model("llama"), tmp_path, tmp_path, **{"data.max_length": 64, "prompt.overflow": "truncate"}))
 
 
 def test_budget_pairs_and_cli(capsys):
@@ -250,10 +255,10 @@ def test_budget_pairs_and_cli(capsys):
 def test_one_step_with_offset_lr_zero_stays_prompt_tuning(saved_model, tmp_path, family):
     task = write_task(tmp_path / "data")
     common = {"train.max_steps": 1, "optim.max_grad_norm": "null", "data.max_length": 24, "data.max_target_length": 8,
-              "train.generate_eval": "false"}
+              "objective.generate_eval": "false"}
     pt = train(load_config(None, overrides(saved_model(family), task, tmp_path / "pt", **common)))
-    dp = train(dept_cfg(saved_model(family), task, tmp_path / "dept", **{**common, "method.offset_lr": 0.0}))
-    assert not torch.equal(pt.model.prompt.prompt, initial_prompt(PromptConfig(num_virtual_tokens=4), pt.model.base,
+    dp = train(dept_cfg(saved_model(family), task, tmp_path / "dept", **{**common, "prompt.offset_lr": 0.0}))
+    assert not torch.equal(pt.model.prompt.prompt, initial_prompt(PromptConfig(num_virtual_tokens=4), pt.model.input_table.weight,
                                                                    pt.model.tokenizer, 0))  # the prompt moved
     assert torch.equal(dp.model.prompt.prompt, pt.model.prompt.prompt)
     assert torch.equal(dp.model.prompt.offset.B, torch.zeros_like(dp.model.prompt.offset.B))
@@ -268,7 +273,7 @@ def test_one_step_with_offset_lr_zero_stays_prompt_tuning(saved_model, tmp_path,
 def test_dept_trains_and_round_trips(saved_model, tmp_path, family):
     task = write_task(tmp_path / "data")
     result = train(dept_cfg(saved_model(family), task, tmp_path / "out", **{"train.max_steps": 8, "optim.lr": 0.3,
-                                                                           "method.offset_lr": 0.05}))
+                                                                           "prompt.offset_lr": 0.05}))
     assert result.trainable_parameters == dept_parameters(4, 3, 24, 32)
     off = result.model.prompt.offset
     assert off.B.abs().sum() > 0 and result.best["eval_loss"] < result.before["eval_loss"]

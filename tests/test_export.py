@@ -9,7 +9,8 @@ from conftest import build_model
 from softprompt.config import PromptConfig
 from softprompt.errors import SoftPromptError
 from softprompt.layers import PromptEmbedding
-from softprompt.model import SoftPromptModel, initial_prompt
+from softprompt.layers.inits import initial_prompt
+from softprompt.model import SoftPromptModel
 
 
 def trained_like(family, tokenizer, path, seed=0):
@@ -17,8 +18,8 @@ def trained_like(family, tokenizer, path, seed=0):
 
     auto = AutoModelForSeq2SeqLM if family == "t5" else AutoModelForCausalLM
     base = auto.from_pretrained(path)
-    prompt = initial_prompt(PromptConfig(num_virtual_tokens=5), base, tokenizer, seed) + 0.3 * torch.randn(5, 32)
-    return SoftPromptModel(base, PromptEmbedding(prompt), tokenizer, base_name=path)
+    prompt = initial_prompt(PromptConfig(num_virtual_tokens=5), base.get_input_embeddings().weight, tokenizer, seed) + 0.3 * torch.randn(5, 32)
+    return SoftPromptModel(base, PromptEmbedding(prompt), tokenizer, base_config=path)
 
 
 def test_peft_loads_export_and_reproduces_logits(saved_model, tokenizer, tmp_path):

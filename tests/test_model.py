@@ -6,14 +6,15 @@ import torch
 from conftest import build_model
 from softprompt.config import PromptConfig
 from softprompt.layers import PromptEmbedding
-from softprompt.model import SoftPromptModel, initial_prompt
+from softprompt.layers.inits import initial_prompt
+from softprompt.model import SoftPromptModel
 
 CAUSAL = ["llama", "gpt2", "qwen2", "mistral"]
 
 
 def wrap(family, tokenizer, p=5, seed=0):
     base = build_model(family, len(tokenizer), seed=seed)
-    init = initial_prompt(PromptConfig(num_virtual_tokens=p), base, tokenizer, seed)
+    init = initial_prompt(PromptConfig(num_virtual_tokens=p), base.get_input_embeddings().weight, tokenizer, seed)
     return SoftPromptModel(base, PromptEmbedding(init), tokenizer)
 
 

@@ -241,10 +241,10 @@ def test_execution_is_a_config_choice():
 
 
 def test_method_threads_execution(tokenizer):
-    from softprompt.methods import build_method
+    from softprompt import build
 
     cfg = load_config(overrides=["prompt.execution=concat", "prompt.num_virtual_tokens=3"])
-    model = build_method(cfg).build_model(build_model("llama", len(tokenizer)), tokenizer, "causal")
+    model = build.build_model(cfg, build_model("llama", len(tokenizer)), tokenizer, "causal")
     assert model.execution == "concat" and model.execution_mode() == "concat"
 
 

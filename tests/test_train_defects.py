@@ -46,22 +46,25 @@ def sidecar(run_dir: Path) -> dict:
     ("eval_accuracy", None, True), ("eval_accuracy", False, False), ("eval_loss", True, True),
 ])
 def test_greater_is_better_inferred_from_the_metric(metric, explicit, expected):
+    from softprompt.build import build_objective
     from softprompt.train import greater_is_better
 
     setting = "null" if explicit is None else explicit
     tc = load_config(None, [f"train.metric={metric}", f"train.greater_is_better={setting}"]).train
     assert tc.greater_is_better is explicit
-    assert greater_is_better(tc) is expected
+    assert greater_is_better(tc, build_objective(load_config())) is expected
 
 
 def test_update_best_keeps_the_highest_accuracy():
+    from softprompt.build import build_objective
     from softprompt.train import update_best
 
     tc = load_config(None, ["train.metric=eval_accuracy"]).train
     model = torch.nn.Linear(2, 2)  # any module: update_best snapshots its trainable tensors
     loop = {"best_value": None, "best_metrics": {}, "best_state": None, "bad_evals": 0}
-    update_best(loop, {"eval_loss": 2.0, "eval_accuracy": 0.2}, model, tc, step=3)
-    update_best(loop, {"eval_loss": 2.5, "eval_accuracy": 0.8}, model, tc, step=6)
+    objective = build_objective(load_config())
+    update_best(loop, {"eval_loss": 2.0, "eval_accuracy": 0.2}, model, tc, 3, objective)
+    update_best(loop, {"eval_loss": 2.5, "eval_accuracy": 0.8}, model, tc, 6, objective)
     assert loop["best_metrics"]["eval_accuracy"] == 0.8 and loop["best_step"] == 6
 
 
@@ -166,16 +169,16 @@ def test_misspelt_metric_fails_before_writing(saved_model, task, tmp_path):
         run(saved_model, task, tmp_path / "out", **{"train.metric": "eval_acuracy"})
     assert not (tmp_path / "out").exists()
     with pytest.raises(SoftPromptError, match="eval_loss.*eval_ppl"):  # no generation: no accuracy to pick
-        run(saved_model, task, tmp_path / "out", **{"train.metric": "eval_accuracy", "train.generate_eval": "false"})
+        run(saved_model, task, tmp_path / "out", **{"train.metric": "eval_accuracy", "objective.generate_eval": "false"})
     assert not (tmp_path / "out").exists()
 
 
 def test_dept_metric_names(saved_model, task, tmp_path):
-    from softprompt.methods import build_method
+    from softprompt.build import build_objective
 
     cfg = cfg_for(saved_model, task, tmp_path / "out", **{"method.name": "dept", "data.max_length": 64,
-                                                          "method.max_length": 64})
-    assert sorted(build_method(cfg).metric_names()) == ["eval_accuracy", "eval_loss", "eval_ppl"]
+                                                          "prompt.max_length": 64})
+    assert sorted(build_objective(cfg).metric_names()) == ["eval_accuracy", "eval_loss", "eval_ppl"]
 
 
 def test_triton_on_cpu_fails_before_writing(saved_model, task, tmp_path, monkeypatch):
@@ -239,7 +242,7 @@ def test_resume_refuses_a_changed_recipe(saved_model, task, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == snapshot  # refusal writes nothing
     with pytest.raises(SoftPromptError, match=r"method.name \(prompt_tuning -> dept\)"):
         run(saved_model, task, tmp_path / "out", resume=True, **{"method.name": "dept", "data.max_length": 64,
-                                                                  "method.max_length": 64})
+                                                                  "prompt.max_length": 64})
 
 
 def test_resume_to_new_max_steps_rewrites_config(saved_model, task, tmp_path):

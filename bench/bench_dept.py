@@ -72,10 +72,8 @@ def make_model(base, kind: str, method: str, s: int, execution: str):
         with torch.no_grad():
             offset.B.normal_(0, 0.01, generator=g)  # a trained-looking offset; the cost is the same at 0
     model = SoftPromptModel(base, PromptEmbedding(prompt, offset=offset), None, kind, execution=execution)
-    groups = [{"params": [model.prompt.prompt], "lr": 0.3}]
-    if offset is not None:
-        groups.append({"params": [offset.A, offset.B], "lr": 1e-4})
-    opt = torch.optim.AdamW(groups, eps=1e-6, weight_decay=0.0)
+    groups = model.prompt.param_groups(0.3, 0.0, offset_lr=1e-4)  # the prompt, and A/B at their own rate
+    opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "name"} for g in groups], eps=1e-6, weight_decay=0.0)
     return model.train(), opt
 
 

@@ -120,7 +120,7 @@ def build_step(method: str, base, prompt: torch.Tensor, ids, mask, labels):
         if mode != "shared_prefix":
             raise FastPathOff(f"softprompt's execution_mode() is {mode!r}, not 'shared_prefix' (see the log for "
                               "the blocker); refusing to benchmark the concatenation path")
-        opt = torch.optim.AdamW([model.prompt.prompt], lr=LR)
+        opt = torch.optim.AdamW(list(model.prompt.parameters()), lr=LR)
 
         def step():
             out = model(ids, mask, labels=labels, right_padded=True)  # as the training loop calls it
@@ -130,7 +130,7 @@ def build_step(method: str, base, prompt: torch.Tensor, ids, mask, labels):
             return out.loss.item()
 
         step.execution_mode = model.execution_mode  # asked again after the timed steps
-        return step, mode, model.prompt.prompt.numel()
+        return step, mode, model.trainable_parameters()
     if method == "peft":
         from peft import PromptTuningConfig, TaskType, get_peft_model
 

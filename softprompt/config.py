@@ -161,11 +161,12 @@ def _mapping(values: Any, where: str) -> dict:
 
 
 def _method_name(method: Any) -> str | None:
-    """The preset's name from `method: NAME` or `method: {name: NAME}`; absent: prompt_tuning."""
+    """The preset's name from `method: NAME` or `method: {name: NAME}`; None when absent or null (the
+    sections alone decide, and the name is the preset they amount to, if any)."""
     if isinstance(method, OverrideText):
         method = method.parsed()
     if method is None:
-        return "prompt_tuning"
+        return None
     if isinstance(method, str):
         return method
     if not isinstance(method, dict) or "name" not in method:

@@ -157,7 +157,7 @@ def exactness_blocker(base: nn.Module) -> str | None:
 def parity_probe(base: nn.Module) -> str | None:
     """Run 3 prompt rows and 2 right-padded rows of 3 tokens (embedding-table rows, so the scale is real)
     through concatenation and through the shared prefix, no grad, eval mode; None when the real
-    positions' logits agree to the dtype's rounding, else why not."""
+    positions' last hidden states agree to the dtype's rounding, else why not."""
     table = base.get_input_embeddings().weight
     if table.numel() == 0:
         return "its embedding table is sharded away from this process (e.g. ZeRO-3), so it cannot be probed"
@@ -170,12 +170,15 @@ def parity_probe(base: nn.Module) -> str | None:
     try:  # no autocast: the probe compares the two paths at the model's own precision
         if not compat.fills_cache(base.base_model, prompt.unsqueeze(0)):
             return f"{type(base).__name__} does not fill a {compat.CACHE_ARG!r} key/value cache passed to it"
+        # The body's last hidden states, not logits: the LM head acts on each position alone, so it cannot
+        # make the paths differ, and a model trained with a head of its own never runs it (not even here).
+        body = base.base_model
         with torch.no_grad(), torch.autocast(table.device.type, enabled=False):
             full_mask = torch.cat([mask.new_ones(2, 3), mask], dim=1)  # (B, p+L)
-            full = base(inputs_embeds=torch.cat([prompt.expand(2, -1, -1), tokens], dim=1),  # (B, p+L, D)
+            full = body(inputs_embeds=torch.cat([prompt.expand(2, -1, -1), tokens], dim=1),  # (B, p+L, D)
                         attention_mask=full_mask, position_ids=(full_mask.cumsum(1) - 1).clamp(min=0),
-                        use_cache=False).logits[:, -3:].float()
-            shared = forward(base, prompt_kv(base, prompt.unsqueeze(0)), tokens, mask).logits[:, -3:].float()
+                        use_cache=False).last_hidden_state[:, -3:].float()
+            shared = forward(body, prompt_kv(base, prompt.unsqueeze(0)), tokens, mask).last_hidden_state[:, -3:].float()
     except Exception as e:  # noqa: BLE001 - any failure of the fast path on this model means "not exact here"
         return f"the shared-prefix pass fails on {type(base).__name__} ({gist(e, limit=120, typed=True)})"
     finally:
@@ -188,7 +191,8 @@ def parity_probe(base: nn.Module) -> str | None:
     half = any(p.dtype in (torch.float16, torch.bfloat16) for p in base.parameters())
     tol = (3e-2 if half else 1e-4) * max(1.0, scale)
     if not diff <= tol:
-        return f"a parity probe on the loaded model differs from concatenation by {diff:.2e} in logits (tolerance {tol:.1e})"
+        return (f"a parity probe on the loaded model differs from concatenation by {diff:.2e} in its last hidden states "
+                f"(tolerance {tol:.1e})")
     return None
 
 

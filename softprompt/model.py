@@ -1,7 +1,7 @@
 """SoftPromptModel: a frozen Hugging Face model composed with the shared prompt-embedding layer.
 
-It never subclasses or patches the HF model. A small table (`KINDS`) says, per architecture kind,
-where the prompt goes and how outputs are brought back in line with the input:
+It never subclasses or patches the HF model. One method per architecture kind (`_causal`, `_seq2seq`,
+`_encoder`) says where the prompt goes and how outputs are brought back in line with the input:
 
 - causal: the prompt precedes the tokens; rows with left padding are right-aligned first (pads
   between the prompt and the tokens would take up sliding-window, local-attention and ALiBi key
@@ -189,7 +189,7 @@ class SoftPromptModel(nn.Module):
         """"shared_prefix" or "concat": the one place the causal execution path is chosen (it can change
         when gradient checkpointing is switched on, so it is asked per call; see shared_prefix.choose).
         Per-row prompt sources take the same path: the shared prefix gives each row its own prompt's cache."""
-        return shared_prefix.choose(self.execution, self.base, self.kind)
+        return shared_prefix.choose(self.execution, self.base, self.kind, self.prompt)
 
     def decoder_inputs(self, labels: torch.Tensor) -> torch.Tensor:
         """Seq2seq: the decoder's input ids for `labels` (shifted right, as the base's own loss would)."""
@@ -251,7 +251,7 @@ class SoftPromptModel(nn.Module):
         length = input_ids.shape[1]
         module = self.base.base_model if body else self.base  # the body: hidden states, no LM head
         if self.execution_mode() == "shared_prefix":  # each prompt runs once; only the L tokens run per row
-            index = self.prompt.row_index(prompt_index, input_ids.shape[0])  # None: one prompt for all rows
+            index = self.prompt.row_index(prompt_index, input_ids, attention_mask, self.input_table)  # None: one prompt
             tokens = self.prompt.token_embeds(input_ids, attention_mask, self.input_table)  # (B, L, D)
             kv = self._prompt_kv.get(self.base, self.prompt, tokens.dtype)
             out = shared_prefix.forward(module, kv, tokens, attention_mask, index, **kwargs)
@@ -347,7 +347,7 @@ class SoftPromptModel(nn.Module):
             input_ids, attention_mask = left_align(input_ids, attention_mask, mask=attention_mask)
             embeds, mask = self.prompt(input_ids, attention_mask, self.input_table, prompt_index)  # (B, p+L, D)
             kv = self._prompt_kv.get(self.base, self.prompt, embeds.dtype)
-            index = self.prompt.row_index(prompt_index, input_ids.shape[0])
+            index = self.prompt.row_index(prompt_index, input_ids, attention_mask, self.input_table)
             prepared = shared_prefix.generation_inputs(kv, embeds, mask, kwargs, self.base.generation_config, index)
         else:
             embeds, mask = self.prompted_inputs(input_ids, attention_mask, prompt_index)

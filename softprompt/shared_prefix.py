@@ -63,13 +63,17 @@ def log_once(message: str, level: int = logging.INFO) -> None:
 # The choice (made here only; SoftPromptModel.execution_mode calls it)
 
 
-def choose(requested: str, base: nn.Module, kind: str) -> str:
-    """"shared_prefix" or "concat" for this base now. `requested` is `PromptConfig.execution`."""
+def choose(requested: str, base: nn.Module, kind: str, source: nn.Module | None = None) -> str:
+    """"shared_prefix" or "concat" for this base and prompt source now. `requested` is `PromptConfig.execution`.
+    Per-row sources whose prompts are rows of their table take the shared prefix too (each distinct prompt
+    runs once, `broadcast_cache` gives each row its own); a source that mixes prompts per row cannot."""
     if requested not in EXECUTIONS:
         raise SoftPromptError(f"prompt.execution: {requested!r} is not one of {list(EXECUTIONS)}")
     if requested == "concat":
         return "concat"
     blocker = structural_blocker(base, kind) or exactness_blocker(base)
+    if blocker is None and source is not None and not getattr(source, "prompts_from_table", True):
+        blocker = f"the prompt source ({type(source).__name__}) builds each row's prompt anew, so no cache is shared"
     if blocker is not None:
         if requested == "shared_prefix":
             raise SoftPromptError(f"prompt.execution: shared_prefix cannot run here: {blocker}; use auto or concat")

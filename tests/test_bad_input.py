@@ -372,6 +372,15 @@ CASES = [
     Case("model path is a file", lambda e: e.train(f"model.name_or_path={e.write('m.txt', 'hi')}"), "model.name_or_path"),
     Case("kind seq2seq for a Llama", override("model.kind=seq2seq"), "model.kind"),
     Case("kind causal for a T5", lambda e: e.train(f"model.name_or_path={e.t5}", "model.kind=causal"), "model.kind"),
+    Case("quantization without bitsandbytes or a GPU", override("model.quantization=bnb-4bit"), "model.quantization"),
+    Case("quantization unknown", override("model.quantization=int3"), "model.quantization"),
+    # --- components --------------------------------------------------------------------------------------------
+    Case("prompt type unknown", override("prompt.type=lora"), "prompt.type"),
+    Case("prompt type against its method", override("method=dept", "prompt.type=bank"), "conflicts with method"),
+    Case("objective type unknown", override("objective.type=classify"), "objective.type"),
+    Case("head on the lm objective", override("head.num_outputs=2"), "head"),
+    Case("bank of zero prompts", override("prompt.type=bank", "prompt.num_prompts=0"), "prompt.num_prompts"),
+    Case("moved key given twice", override("method.name=dept", "method.rank=4", "prompt.rank=4"), "moved to prompt.rank"),
     # --- command line ----------------------------------------------------------------------------------------
     Case("max-new-tokens 0", lambda e: ["generate", str(e.adapter), "x", "--max-new-tokens", "0"], "--max-new-tokens"),
     Case("max-new-tokens negative", lambda e: ["generate", str(e.adapter), "x", "--max-new-tokens", "-3"],

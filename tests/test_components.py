@@ -89,6 +89,21 @@ def test_bank_shared_prefix_runs_each_prompt_once_and_equals_concat():
     assert grad_s[0].abs().sum() > 0 and grad_s[1].abs().sum() > 0  # each entry learns from its own rows
 
 
+def test_a_source_that_mixes_prompts_per_row_falls_back_to_concat():
+    """The execution choice asks the source: one whose rows' prompts are not rows of its table (a soft
+    mixture) cannot share a cache, so auto concatenates and a forced shared prefix is refused."""
+
+    class Mixing(PromptBank):
+        prompts_from_table = False
+
+    base = build_model("llama", VOCAB)
+    prompts = torch.randn(2, P, base.config.hidden_size)
+    assert SoftPromptModel(base, Mixing(prompts), kind="causal").execution_mode() == "concat"
+    assert SoftPromptModel(base, PromptBank(prompts), kind="causal").execution_mode() == "shared_prefix"
+    with pytest.raises(SoftPromptError, match="builds each row's prompt anew"):
+        SoftPromptModel(base, Mixing(prompts), kind="causal", execution="shared_prefix")
+
+
 def test_bank_generate_per_row_prompts(tokenizer):
     model = bank_model(execution="shared_prefix").eval()
     model.tokenizer = tokenizer

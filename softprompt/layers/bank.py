@@ -43,6 +43,7 @@ class BankConfig(PromptConfig):
 
 class PromptBank(nn.Module):
     row_invariant = False  # row b takes prompt prompt_index[b]
+    prompts_from_table = True  # row b's prompt is prompt_table()[index[b]]: the shared prefix serves it
 
     def __init__(self, prompts_init: torch.Tensor, kernel: str = "auto"):
         super().__init__()
@@ -66,7 +67,11 @@ class PromptBank(nn.Module):
     def prompt_table(self, dtype: torch.dtype) -> torch.Tensor:
         return self.prompts.to(dtype)  # (K, p, D)
 
-    def row_index(self, prompt_index: torch.Tensor | None, batch: int) -> torch.Tensor:
+    def row_index(self, prompt_index: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  table: nn.Module) -> torch.Tensor:
+        """Each row's bank entry (B,): the caller's `prompt_index` (a selector that reads the input, as IDP's,
+        would compute it here from the input instead)."""
+        batch = input_ids.shape[0]
         if prompt_index is None:
             raise SoftPromptError(f"prompt_index: this model has a bank of {self.num_prompts} prompts and each row needs "
                                   "one; pass prompt_index, a (batch,) tensor of prompt numbers in [0, num_prompts)")
@@ -92,7 +97,7 @@ class PromptBank(nn.Module):
                 prompt_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Concatenation path: `[prompts[prompt_index[b]]; tokens[b]]` (B, p+L, D) and its mask (B, p+L)."""
         batch = input_ids.shape[0]
-        index = self.row_index(prompt_index, batch)
+        index = self.row_index(prompt_index, input_ids, attention_mask, table)
         tokens = self.token_embeds(input_ids, attention_mask, table)  # (B, L, D)
         prompts = self.prompts.to(tokens.dtype)[index]  # (B, p, D)
         embeds = torch.cat([prompts, tokens], dim=1)  # (B, p+L, D)

@@ -45,6 +45,7 @@ def apply_offset(embeds: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) 
 
 class PromptEmbedding(nn.Module):
     row_invariant = True  # every row gets the same prompt: the shared-prefix path and the fused kernel apply
+    prompts_from_table = True
 
     def __init__(self, prompt_init: torch.Tensor, offset: nn.Module | None = None, kernel: str = "auto"):
         super().__init__()
@@ -67,7 +68,8 @@ class PromptEmbedding(nn.Module):
         """Every distinct prompt this source gives, (K, p, D); K = 1 here."""
         return self.prompt.to(dtype).unsqueeze(0)  # (1, p, D)
 
-    def row_index(self, prompt_index: torch.Tensor | None, batch: int) -> None:
+    def row_index(self, prompt_index: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  table: nn.Module) -> None:
         """Which row of `prompt_table` each input row takes: None, all take row 0."""
         if prompt_index is not None:
             raise SoftPromptError("prompt_index: this model has one prompt for every row; pass no prompt_index "
@@ -151,7 +153,7 @@ class PromptEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Concatenation path: returns `[prompt; tokens]` (B, p+L, D) and its mask (B, p+L)."""
         batch = input_ids.shape[0]
-        self.row_index(prompt_index, batch)
+        self.row_index(prompt_index, input_ids, attention_mask, table)
         if fused.enabled(self.kernel, table, self.prompt.device):
             rows, index = self._offset_parts(attention_mask)
             embeds = fused.concat_embeds(self.prompt, table.weight, input_ids, rows, index)  # (B, p+L, D)

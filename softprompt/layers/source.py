@@ -21,7 +21,11 @@ from torch import nn
 
 
 class PromptSource(Protocol):
-    row_invariant: bool
+    row_invariant: bool  # one prompt for every row
+    # Every row's prompt is a row of prompt_table() (True for plain, DePT, a bank): the shared-prefix path
+    # can serve it from the table's cache. A source that mixes prompts per row (a soft selection) sets
+    # False, and execution falls back to concatenation (shared_prefix.choose).
+    prompts_from_table: bool
     kernel: str  # auto | torch | triton (layers/fused.py)
 
     @property
@@ -32,7 +36,10 @@ class PromptSource(Protocol):
 
     def prompt_table(self, dtype: torch.dtype) -> torch.Tensor: ...  # (K, p, D): every distinct prompt
 
-    def row_index(self, prompt_index: torch.Tensor | None, batch: int) -> torch.Tensor | None: ...  # (B,) or None: all row 0
+    # Which row of prompt_table each input row takes, (B,), or None: all take row 0. `prompt_index` is the
+    # caller's choice (a data column); a selector source (IDP) computes it from the input instead.
+    def row_index(self, prompt_index: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  table: nn.Module) -> torch.Tensor | None: ...
 
     def version(self) -> tuple: ...  # changes when the prompt rows may have changed (cache key)
 

@@ -5,12 +5,16 @@
     .venv/bin/python bench/bench_revisions.py --base 19d9c0b --sizes 10m --steps 3 --out /tmp   # smoke run
 
 Question: does the code at `--head` (default: the working tree this script lives in, uncommitted changes
-included) take longer per step than the code at `--base` (default 19d9c0b)?
+included, as they are when the run starts) take longer per step than the code at `--base` (default 19d9c0b)?
 
 Method
 - The base revision is checked out as a detached `git worktree` under /tmp (reused if it is already there,
   removed at the end unless --keep-worktree), so its `softprompt` package is importable from that
   directory without touching this checkout.
+- The head, when it is a working tree (the default), is its softprompt/ package copied to /tmp at the start:
+  the tree may be edited while the run goes on, and a module imported late would then come from another
+  state than the one reported. The report lists the files that differ from the tree's commit and hashes
+  the copy. A revision given as --head is checked out like the base.
 - One worker subprocess per revision runs *this* file with `--worker --root <tree>`: it puts <tree> first on
   sys.path and imports `softprompt` from there (the editable install's finder comes after sys.path, so
   the tree wins; the worker checks `softprompt.__file__` and the report prints it). Both revisions thus run
@@ -50,6 +54,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -214,6 +219,34 @@ def checkout(rev: str) -> tuple[Path, dict, bool]:
     return path, info, True
 
 
+def snapshot(tree: Path) -> tuple[Path, dict]:
+    """(copy, info) of `tree`'s softprompt/ package as it is now, in a fresh temp directory.
+
+    The working tree may be edited while the benchmark runs (and modules are imported lazily), so the head
+    worker imports a frozen copy: what ran is exactly what the report describes. `info` compares the copy
+    file by file with the commit checked out in `tree` (git blob ids), and hashes its whole content."""
+    info = describe_tree(tree)
+    committed = {}  # path -> blob id at that commit
+    for line in git("ls-tree", "-r", info["sha"], "--", "softprompt", cwd=tree).splitlines():
+        meta, path = line.split("\t", 1)
+        committed[path] = meta.split()[2]
+    copy = Path(tempfile.mkdtemp(prefix="softprompt-bench-head-"))
+    shutil.copytree(tree / "softprompt", copy / "softprompt", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    files = sorted(str(f.relative_to(copy)) for f in (copy / "softprompt").rglob("*") if f.is_file())
+    blobs = dict(zip(files, git("hash-object", "--", *files, cwd=copy).splitlines()))
+    content = hashlib.sha256()
+    for f in files:
+        content.update(f.encode() + b"\0" + (copy / f).read_bytes() + b"\0")
+    info.update(working_tree=str(tree), snapshot_time=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                softprompt_sha256=content.hexdigest(),
+                softprompt_changed=[f for f in files if f in committed and blobs[f] != committed[f]],
+                softprompt_added=[f for f in files if f not in committed],
+                softprompt_deleted=[f for f in committed if f not in blobs],
+                status=git("status", "--porcelain", cwd=tree).splitlines())
+    info["softprompt_dirty"] = bool(info["softprompt_changed"] or info["softprompt_added"] or info["softprompt_deleted"])
+    return copy, info
+
+
 class Worker:
     """Parent-side handle of one worker process."""
 
@@ -305,6 +338,16 @@ def machine() -> dict:
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
 
+def head_changes(head: dict) -> str:
+    """How a snapshotted working tree differs from its commit, for the report."""
+    where = f"the working tree of {head['working_tree']}, copied at {head['snapshot_time']}"
+    if not head["softprompt_dirty"]:
+        return f"{where}; softprompt/ equal to that commit"
+    parts = [f"{kind} {', '.join(head['softprompt_' + kind])}" for kind in ("changed", "added", "deleted")
+             if head["softprompt_" + kind]]
+    return f"{where}; softprompt/ {'; '.join(parts)} (content sha256 {head['softprompt_sha256'][:12]})"
+
+
 def report_md(result: dict) -> str:
     meta = result["meta"]
     base, head = meta["base"], meta["head"]
@@ -312,11 +355,7 @@ def report_md(result: dict) -> str:
     lines = [f"# Step time: {head_label} (head) against {base['sha'][:7]} (base)", "",
              "```", meta["command"], "```", "",
              f"- base: `{base['sha'][:7]}` {base['subject']}",
-             f"- head: `{head['sha'][:7]}` {head['subject']}" + (
-                 f" (working tree; softprompt/ "
-                 + (f"differs from that commit in {', '.join(head['softprompt_changed_files'])}, diff sha256 "
-                    f"{head['softprompt_diff_sha256'][:12]})" if head.get("softprompt_dirty") else "equals that commit)")
-                 if head.get("working_tree") else ""),
+             f"- head: `{head['sha'][:7]}` {head['subject']}" + (f" + {head_changes(head)}" if head.get("working_tree") else ""),
              f"- softprompt imported from: base `{meta['workers']['base']['softprompt_file']}`, "
              f"head `{meta['workers']['head']['softprompt_file']}`",
              f"- {meta['machine']['cpu']}, {meta['machine']['cpu_count']} cores; torch {meta['workers']['head']['torch']}, "
@@ -362,7 +401,7 @@ def command_line() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", default="19d9c0b", help="revision to compare against (checked out as a worktree)")
-    ap.add_argument("--head", default=None, help="a directory, or a revision; default: this working tree")
+    ap.add_argument("--head", default=None, help="a working tree (its softprompt/ is copied at the start), or a revision; default: this repository's working tree")
     ap.add_argument("--steps", type=int, default=None, help="timed rounds per phase (default: 15 for 10m, 8 for 100m)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--sizes", default=",".join(SIZES), help="comma-separated subset of " + ", ".join(SIZES))
@@ -390,21 +429,14 @@ def main() -> None:
     start = time.perf_counter()
     loadavg_before = [round(x, 2) for x in os.getloadavg()]
     made: list[Path] = []  # worktrees this run created or reused, removed at the end
+    snapshots: list[Path] = []  # copies of a working tree's package, removed at the end
     workers: dict[str, Worker] = {}
     try:
         base_tree, base_info, _ = checkout(args.base)
         made.append(base_tree)
-        if args.head is None or Path(args.head).is_dir():
-            head_tree = Path(args.head).resolve() if args.head else ROOT
-            head_info = {**describe_tree(head_tree), "working_tree": str(head_tree)}
-            # uncommitted edits to the package itself are part of what is measured: the report names the
-            # files, and the diff's hash identifies exactly which state of the working tree ran
-            diff = git("diff", "HEAD", "--", "softprompt", cwd=head_tree)
-            head_info.update(softprompt_dirty=bool(diff),
-                             softprompt_changed_files=git("diff", "--name-only", "HEAD", "--", "softprompt",
-                                                          cwd=head_tree).splitlines(),
-                             softprompt_diff_sha256=hashlib.sha256(diff.encode()).hexdigest() if diff else None,
-                             status=git("status", "--porcelain", cwd=head_tree).splitlines())
+        if args.head is None or Path(args.head).is_dir():  # a working tree: its package, copied now
+            head_tree, head_info = snapshot(Path(args.head).resolve() if args.head else ROOT)
+            snapshots.append(head_tree)
         else:
             head_tree, head_info, _ = checkout(args.head)
             made.append(head_tree)
@@ -427,6 +459,8 @@ def main() -> None:
         if not args.keep_worktree:
             for tree in made:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+            for copy in snapshots:
+                shutil.rmtree(copy, ignore_errors=True)
 
     meta = {"command": command_line(), "python_executable": sys.executable, "base": base_info, "head": head_info,
             "base_tree": str(base_tree), "head_tree": str(head_tree), "threads": args.threads, "warmup": WARMUP,

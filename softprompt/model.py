@@ -213,6 +213,9 @@ class SoftPromptModel(nn.Module):
             raise SoftPromptError(f"output: {output!r} is not one of {list(OUTPUTS)}")
         if attention_mask is None:
             attention_mask, right_padded = torch.ones_like(input_ids), True
+        if labels is not None and output != "logits":
+            raise SoftPromptError(f"labels: the token loss comes with output='logits'; with output={output!r} the "
+                                  "objective scores the outputs itself (pass no labels)")
         if output == "scores" and self.head is None:
             raise SoftPromptError("output='scores': this model has no head; give the config a head section "
                                   "(or build SoftPromptModel with head=...)")

@@ -148,7 +148,7 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
     while loop["step"] < tc.max_steps and not stop:
         micro = [objective.collate(stream.next(), tokenizer.pad_token_id, kind) for _ in range(tc.gradient_accumulation_steps)]
         micro = [{k: v.to(accelerator.device) for k, v in b.items()} for b in micro]
-        local = torch.stack([objective.weight(b, kind) for b in micro]).sum().float()  # this process's share
+        local = torch.tensor(float(sum(float(objective.weight(b, kind)) for b in micro)), device=accelerator.device)
         total = accelerator.reduce(local, reduction="sum").clamp(min=1)
         loss_total = torch.zeros((), device=accelerator.device)
         for i, batch in enumerate(micro):

@@ -226,7 +226,8 @@ class SoftPromptModel(nn.Module):
         if output == "scores":
             result.scores = self.head(result.hidden_states, attention_mask)  # (B, num_outputs)
         if labels is not None and result.logits is not None:
-            result.loss_sum, result.num_tokens = token_loss(result.logits, labels, self.kind)
+            mask = attention_mask if self.kind == "causal" else None  # seq2seq labels follow the decoder, not this mask
+            result.loss_sum, result.num_tokens = token_loss(result.logits, labels, self.kind, mask)
             result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
         return result
 

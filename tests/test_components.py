@@ -447,3 +447,23 @@ def test_lm_objective_normaliser_is_the_count_the_loss_scores():
     out = model(**batch, right_padded=True)
     assert int(objective.weight(batch, "causal")) == int(out.num_tokens) == int(mask.sum()) - 4  # first tokens unscored
     assert math.isclose(objective.loss(model, batch).item(), out.loss_sum.item())
+
+
+@pytest.mark.parametrize("execution", ["shared_prefix", "concat"])
+def test_causal_token_loss_is_the_same_for_either_padding_side(execution):
+    """Labels on every real token (HF's convention): a left-padded row's pads must not score its first
+    token, so both padding sides give the loss and the count of the unpadded rows."""
+    base = build_model("llama", VOCAB)
+    model = SoftPromptModel(base, PromptEmbedding(torch.randn(P, base.config.hidden_size)), kind="causal",
+                            execution=execution)
+    ids, mask, _ = rows()
+    order = torch.argsort(mask, dim=1, stable=True)  # left padding: pads first
+    left_ids, left_mask = ids.gather(1, order), mask.gather(1, order)
+    with torch.no_grad():
+        right = model(ids, mask, labels=ids.masked_fill(mask == 0, -100))
+        left = model(left_ids, left_mask, labels=left_ids.masked_fill(left_mask == 0, -100))
+        alone_sum = sum(model(ids[b:b + 1, :int(mask[b].sum())], labels=ids[b:b + 1, :int(mask[b].sum())]).loss_sum
+                        for b in range(ids.shape[0]))
+    assert int(left.num_tokens) == int(right.num_tokens) == int(mask.sum()) - ids.shape[0]
+    torch.testing.assert_close(left.loss_sum, right.loss_sum, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(right.loss_sum, alone_sum, rtol=1e-5, atol=1e-5)

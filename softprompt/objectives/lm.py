@@ -35,21 +35,24 @@ class LMConfig:
             raise ConfigError(f"objective.max_new_tokens: must be > 0, got {self.max_new_tokens}")
 
 
-def scored_targets(labels: torch.Tensor, kind: str) -> torch.Tensor:
+def scored_targets(labels: torch.Tensor, kind: str, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The label each logit position is scored against (-100: none), aligned with the logits (B, T).
 
     Causal: the logit at position t predicts token t+1, so labels move left by one; the prompt's last
     position would predict the first token, which is never a target (a target always follows its
-    source). Labels move rather than logits being sliced: slicing (B, L, V) would copy it, forward and
-    back. Seq2seq and encoders: logits and labels are already aligned."""
-    if kind == "causal":
-        return F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, L): targets[:, t] = labels[:, t+1]
-    return labels
+    source). A pad position predicts nothing: in a left-padded row the pad before the first token would
+    otherwise be scored against it. Labels move rather than logits being sliced: slicing (B, L, V) would
+    copy it, forward and back. Seq2seq and encoders: logits and labels are already aligned."""
+    if kind != "causal":
+        return labels
+    targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, L): targets[:, t] = labels[:, t+1]
+    return targets if attention_mask is None else targets.masked_fill(attention_mask == 0, -100)
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+def token_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str,
+               attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over the scored positions, and their count. logits (B, T, V), labels (B, T)."""
-    targets = scored_targets(labels, kind)
+    targets = scored_targets(labels, kind, attention_mask)
     loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
     return loss_sum, (targets != -100).sum()
 
@@ -75,7 +78,7 @@ class TextToText:
         return collate(items, pad_id, kind)
 
     def weight(self, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-        return (scored_targets(batch["labels"], kind) != -100).sum()
+        return (scored_targets(batch["labels"], kind, batch["attention_mask"]) != -100).sum()
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # The model scores HF-style `labels` with `token_loss` (seq2seq: they also make the decoder's input).

@@ -37,6 +37,7 @@ from softprompt.data import BatchStream, load_split
 from softprompt.errors import SoftPromptError
 from softprompt.layers import fused
 from softprompt.loading import load_base
+from softprompt.plots import plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -411,23 +412,3 @@ def tqdm_bar(tc, main: bool, start: int):
 
 def fmt(metrics: dict) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-
-
-def plot_curves(history: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = sorted({k for h in history for k in h if k != "step" and k != "lr"})
-    if not keys:
-        return
-    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.2 * len(keys)), squeeze=False)
-    for ax, key in zip(axes[:, 0], keys):
-        points = [(h["step"], h[key]) for h in history if key in h]
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None)
-        ax.set_ylabel(key)
-    axes[-1, 0].set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(out, dpi=80)
-    plt.close(fig)

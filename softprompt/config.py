@@ -86,7 +86,9 @@ class TrainConfig:
     greater_is_better: bool | None = None  # None: from the metric's name (loss/ppl/perplexity: lower is better)
     keep_best: bool = True  # final/ holds the best adapter by `metric`, else the last
     early_stopping_patience: int | None = None  # evals without improvement before stopping
-    trackers: tuple[str, ...] = ("wandb", "tensorboard")  # accelerate trackers; [] for none
+    # Extra loggers through accelerate (wandb: offline without an API key; tensorboard); none unless asked for.
+    # metrics.jsonl and curves.png are always written in the run dir.
+    trackers: tuple[str, ...] = ()
     progress_bar: bool = True
 
 

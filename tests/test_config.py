@@ -72,3 +72,9 @@ def test_accelerate_launch_configs_parse(launch_cfg):
 
     cfg = ClusterConfig.from_yaml_file(str(launch_cfg))  # accelerate's own reader for `--config_file`
     assert cfg.num_processes >= 2 and str(cfg.distributed_type).split(".")[-1] in {"MULTI_GPU", "FSDP", "DEEPSPEED"}
+
+
+def test_no_tracker_unless_asked_for(tmp_path):
+    """The default run writes no wandb/ or tensorboard files: only the trackers a user names."""
+    assert load_config().train.trackers == ()
+    assert load_config(None, ["train.trackers=[wandb]"]).train.trackers == ("wandb",)

@@ -4,14 +4,15 @@ An adapter dir is at once:
 - a strict PEFT `PROMPT_TUNING` adapter (`adapter_config.json` with only PEFT's keys,
   `adapter_model.safetensors` holding `prompt_embeddings` (p, d) fp32, `num_transformer_submodules: 1`)
   that `peft.PeftModel.from_pretrained` loads, wherever the prompt source has a PEFT view;
-- our sidecar `softprompt.json`: the base (its name as `base_model`, how to load it again as
+- our sidecar `softprompt.json`: the base (its name as given, "demo" included, as `base_model`; how to load it again as
   `base_loading`), kind, a probe of the base's embedding table so a wrong base is caught, and each
   component's `describe()`; `softprompt_extra.safetensors` holds the component state PEFT cannot
   express (DePT's A and B, a bank's prompts, a head);
 - a serving bundle `serving/` for engines that take prompt embeddings (vLLM `prompt_embeds`): the
   prompt source's serving view in the base's dtype and the metadata a client needs.
 Every component describes itself; nothing here branches on a method. Writes are atomic (temp dir +
-rename); reading never unpickles, and every file is checked before any model loads.
+rename) and every file gets the mode a plain `open` gives (0644, dirs 0755, under the usual umask);
+reading never unpickles, and every file is checked before any model loads.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from softprompt.checkpoint import atomic_dir, commit
+from softprompt.checkpoint import atomic_dir, commit, save_tensors
 from softprompt.errors import SoftPromptError, gist
-from softprompt.loading import ModelConfig
+from softprompt.loading import ModelConfig, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,15 @@ EXTRA = "softprompt_extra.safetensors"
 FORMAT = 2  # 1: prompt + optional "offset" (before prompt sources and heads were components)
 PEFT_TASK = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "encoder": "FEATURE_EXTRACTION"}
 FIX = "re-export the adapter, or point at a run's final/ or a PEFT prompt-tuning dir"
+
+
+def loadable_base(name: str) -> str:
+    """The base as PEFT or a serving engine can load it: "demo" is our alias for the embedded model, so its
+    absolute path inside the installed package; a local dir made absolute (it loads from any working dir);
+    a hub id as it is. The sidecar keeps the name as given, so `from_adapter` finds the embedded model
+    wherever softprompt is installed, even when this path no longer exists."""
+    path = Path(resolve_model_path(name)).expanduser()
+    return str(path.resolve()) if name and path.is_dir() else name
 
 
 def embedding_probe(base) -> list[float]:
@@ -63,7 +73,7 @@ def save(model, out_dir: str | Path, **meta) -> Path:
         extra.update({f"head.{k}": v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()})
         caveat = caveat or "PEFT's prompt tuning has no place for a trained head"
     if extra:
-        save_file(extra, str(tmp / EXTRA))
+        save_tensors(extra, tmp / EXTRA)
     if caveat:
         log.warning("%s: %s. Load it with SoftPromptModel.from_adapter, or serve it with serving/", out, caveat)
     loading = {k: v for k, v in dataclasses.asdict(model.base_config).items() if k not in ("name_or_path", "kind")}
@@ -88,11 +98,11 @@ def save(model, out_dir: str | Path, **meta) -> Path:
 def _write_peft(model, prompt: torch.Tensor, out: Path) -> None:
     import peft
 
-    save_file({"prompt_embeddings": prompt}, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})  # (p, d)
+    save_tensors({"prompt_embeddings": prompt}, out / "adapter_model.safetensors", metadata={"format": "pt"})  # (p, d)
     text_cfg = model.base.config.get_text_config()
     peft_cfg = {
         "auto_mapping": None,
-        "base_model_name_or_path": model.base_name,
+        "base_model_name_or_path": loadable_base(model.base_name),  # AutoPeftModel* loads the base from here
         "inference_mode": True,
         "modules_to_save": None,
         "num_attention_heads": getattr(text_cfg, "num_attention_heads", None),
@@ -117,9 +127,9 @@ def _write_serving(model, out: Path) -> None:
     dtype = model.base.get_input_embeddings().weight.dtype
     files, view = model.prompt.serving_view(dtype)
     for name, tensors in files.items():
-        save_file(tensors, str(out / name))
+        save_tensors(tensors, out / name)
     meta = {
-        "base_model": model.base_name,
+        "base_model": loadable_base(model.base_name),  # what an engine loads: a path or hub id, never "demo"
         "hidden_size": model.prompt.dim,
         "dtype": str(dtype).removeprefix("torch."),
         "layout": "prepend_before_bos",  # the prompt precedes every token, BOS included

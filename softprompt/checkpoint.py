@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from softprompt.errors import SoftPromptError, gist
 
@@ -43,8 +43,17 @@ def versions() -> dict[str, str]:
             "peft": peft.__version__, "accelerate": accelerate.__version__}
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], file: Path, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file` with the mode every other file gets (0666 less the umask: 0644 as a rule).
+    safetensors' own save_file writes a `tempfile` (mode 0600) and renames it over `file`, which left adapters
+    and checkpoints unreadable to a group or a serving user; our writes are already atomic (`atomic_dir`)."""
+    with open(file, "wb") as f:
+        f.write(save(tensors, metadata=metadata))
+
+
 def atomic_dir(final: Path) -> Path:
-    """A fresh temp dir next to `final`; hand it to `commit` once everything is written."""
+    """A fresh temp dir next to `final` (mode 0777 less the umask, as `final` will have); hand it to `commit`
+    once everything is written."""
     tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -67,7 +76,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loop_
                     keep: int) -> Path:
     final = run_dir / f"{PREFIX}{step:06d}"
     tmp = atomic_dir(final)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    save_tensors(trainable_state(model), tmp / "trainable.safetensors")
     torch.save({
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from softprompt.data.templates import template_fields
+from softprompt.data.templates import check_label_names, template_fields
 from softprompt.errors import ConfigError
 from softprompt.layers.plain import PromptConfig
 from softprompt.loading import ModelConfig
@@ -35,9 +35,16 @@ log = logging.getLogger(__name__)
 class DataConfig:
     path: str = "demo"  # hub dataset name, local file/dir (json, jsonl, csv, parquet), or "demo"
     name: str | None = None  # hub dataset config name
-    train_split: str = "train"
+    train_split: str = "train"  # one data file is the train split, whatever this names it
     eval_split: str | None = "validation"
+    # A test split the data lacks is an error, except this default: one file, or a directory of train and
+    # validation files, then runs without a test split (with a warning).
     test_split: str | None = "test"
+    # Carve the eval split from the train rows instead (0 < f < 1; litgpt's val_split_fraction): a shuffle
+    # seeded by split_seed (not train.seed, so seed sweeps score the same rows) moves round(f * n) rows out
+    # of train. data.eval_split is then not looked up: leave it at its default or null.
+    validation_fraction: float | None = None
+    split_seed: int = 0
     source_template: str = "{source}"  # str.format over the row's columns
     target_template: str = "{target}"
     # Class-index columns to words for text-to-text: with label_names set, templates can use
@@ -320,9 +327,6 @@ CHOICES = {
     "model.kind": ("auto", "causal", "seq2seq", "encoder"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.quantization": ("none", "bnb-8bit", "bnb-4bit"),
-    "prompt.init": ("vocab", "uniform", "text", "class_label", "file"),
-    "prompt.kernel": ("auto", "torch", "triton"),
-    "prompt.execution": ("auto", "shared_prefix", "concat"),
     "data.truncation": ("source_left", "source_right", "error"),
     "optim.name": ("adamw", "adafactor"),
     "optim.scheduler": ("constant", "linear", "cosine"),
@@ -331,10 +335,10 @@ CHOICES = {
 
 # Keys whose value (when not null) must be > 0, or >= 0; floats must also be finite (no .nan/.inf).
 POSITIVE = (
-    "prompt.num_virtual_tokens", "data.max_length", "data.max_target_length", "train.max_steps",
+    "data.max_length", "data.max_target_length", "train.max_steps",
     "train.batch_size", "train.eval_batch_size", "train.gradient_accumulation_steps",
     "train.log_every", "train.eval_every", "train.save_every",
-    "prompt.init_range", "prompt.vocab_top_k", "optim.eps", "optim.max_grad_norm", "train.keep_checkpoints",
+    "optim.eps", "optim.max_grad_norm", "train.keep_checkpoints",
     "data.max_train_samples", "data.max_eval_samples", "train.early_stopping_patience",
 )
 NON_NEGATIVE = ("optim.lr", "optim.weight_decay", "optim.warmup_steps")
@@ -367,6 +371,7 @@ def validate(cfg: Config) -> None:
                           f"{cfg.train.max_steps}, so the learning rate would never reach optim.lr; lower it")
     for key in ("data.source_template", "data.target_template"):
         template_fields(_get(cfg, key), key)
+    _check_data(cfg.data)
     check = PROMPTS[cfg.prompt.type].check
     if check is not None:
         check(cfg.prompt, cfg)
@@ -375,6 +380,19 @@ def validate(cfg: Config) -> None:
     for tracker in cfg.train.trackers:
         if tracker not in ("wandb", "tensorboard"):
             raise ConfigError(f"train.trackers: {tracker!r} is not valid; use any of ['wandb', 'tensorboard']")
+
+
+def _check_data(data: DataConfig) -> None:
+    check_label_names(data.source_template, data.target_template, data.label_names)
+    fraction = data.validation_fraction
+    if fraction is not None and not 0 < fraction < 1:
+        raise ConfigError(f"data.validation_fraction: must be between 0 and 1 (exclusive), got {fraction}; e.g. 0.1 "
+                          "carves 10% of the train rows into the eval split, null carves none")
+    default_eval = DataConfig.__dataclass_fields__["eval_split"].default
+    if fraction is not None and data.eval_split not in (None, default_eval):
+        raise ConfigError(f"data.validation_fraction: set ({fraction}) while data.eval_split names a split "
+                          f"({data.eval_split!r}); both choose the eval rows, so keep one: set data.eval_split to "
+                          "null to carve them from the train rows, or data.validation_fraction to null")
 
 
 def _check_finite(node: Any, where: str) -> None:

@@ -52,15 +52,28 @@ def detect_kind(config) -> str:
 
 def load_base(spec: ModelConfig | str, **changes):
     """(model, tokenizer, kind) for `spec` (a `ModelConfig`, or a name with `changes` as its fields). The model
-    is frozen; a tokenizer without a pad token pads with eos. "demo" is the embedded default model."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    is frozen; a tokenizer without a pad token pads with eos. "demo" is the embedded default model.
 
-    from softprompt.loading_checks import check_model_dir
+    A hub id loads from its snapshot dir in the local Hugging Face cache when it is whole, as a local dir: no
+    network at all (so a branch's newer revision is not fetched while an older one is cached). Otherwise only
+    once the hub answers: offline mode or an unreachable hub is one clear error at once, not ~30 s of retries.
+    (A hub id with local_files_only=True is not enough: transformers 5.24 still looks up adapter_config.json on
+    the hub, with retries, in `AutoModel*.from_pretrained`.)"""
+    from softprompt.loading_checks import check_hub_model, check_model_dir, is_hub_id
 
     spec = ModelConfig(name_or_path=spec) if isinstance(spec, str) else spec
     spec = replace(spec, **changes) if changes else spec
     check_model_dir(spec.name_or_path, spec.kind)  # a local dir missing weights/tokenizer, or of another kind
-    path = resolve_model_path(spec.name_or_path)
+    # a hub id: its whole cached snapshot, or None once the hub answers (else one error, at once)
+    snapshot = check_hub_model(spec.name_or_path, spec.revision) if is_hub_id(spec.name_or_path) else None
+    return _load(spec, snapshot)
+
+
+def _load(spec: ModelConfig, path: str | None = None):
+    """Load `spec` from `path` (its cached snapshot dir), or from its name (resolved, "demo" included)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    path = path or resolve_model_path(spec.name_or_path)
     common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
     try:
         config = AutoConfig.from_pretrained(path, **common)

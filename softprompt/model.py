@@ -145,8 +145,8 @@ class SoftPromptModel(nn.Module):
 
         spec = ModelConfig(name_or_path=name_or_path) if isinstance(name_or_path, str) else name_or_path
         spec = replace(spec, **{k: prompt_kwargs.pop(k) for k in ("kind", "dtype") if k in prompt_kwargs})
+        pcfg = plain.PromptConfig(num_virtual_tokens=num_virtual_tokens, init=init, **prompt_kwargs)  # checked first
         base, tokenizer, kind = load_base(spec)
-        pcfg = plain.PromptConfig(num_virtual_tokens=num_virtual_tokens, init=init, **prompt_kwargs)
         prompt = plain.build(pcfg, base.get_input_embeddings().weight, tokenizer, kind, seed)
         return cls(base, prompt, tokenizer, kind, spec, execution=pcfg.execution)
 

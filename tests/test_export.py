@@ -1,6 +1,7 @@
 """Adapters: PEFT loads our export and reproduces our logits; wrong bases are refused; round trips."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,37 @@ def test_new_output_checks(tmp_path, monkeypatch):
         with pytest.raises(SoftPromptError, match=message):
             check_new_output(bad)
     assert check_new_output("empty") and check_new_output("new/dir")
+
+
+def test_auto_peft_loads_an_adapter_on_the_demo_base_offline(tmp_path):
+    """adapter_config.json names a base PEFT can load: the embedded demo model's absolute path, not our alias
+    "demo" (AutoPeftModel would look it up on the hub). The sidecar keeps "demo" for from_adapter."""
+    import peft
+
+    from softprompt.loading import DEMO_MODEL
+
+    ours = SoftPromptModel.from_pretrained("demo", num_virtual_tokens=4).eval()
+    with torch.no_grad():
+        ours.prompt.prompt.add_(0.3 * torch.randn(ours.prompt.prompt.shape, generator=torch.Generator().manual_seed(0)))
+    out = ours.save_adapter(tmp_path / "adapter")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(DEMO_MODEL.resolve())
+    assert json.loads((out / "softprompt.json").read_text())["base_model"] == "demo"
+    assert json.loads((out / "serving" / "serving_meta.json").read_text())["base_model"] == str(DEMO_MODEL.resolve())
+    pm = peft.AutoPeftModelForCausalLM.from_pretrained(str(out)).eval()
+    ids = ours.tokenizer(["the cat sat on the mat"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        theirs = pm(input_ids=ids).logits[:, 4:]  # PEFT returns virtual positions too
+        mine = ours(ids).logits
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+    back = SoftPromptModel.from_adapter(out)  # our own loading: "demo" wherever softprompt is installed
+    assert back.base_name == "demo" and torch.equal(back.prompt.prompt, ours.prompt.prompt)
+
+
+def test_a_local_base_is_recorded_for_peft_as_an_absolute_path(saved_model, tokenizer, tmp_path, monkeypatch):
+    path = saved_model("llama")
+    monkeypatch.chdir(Path(path).parent)
+    ours = trained_like("llama", tokenizer, Path(path).name)  # a relative path: PEFT must not depend on the cwd
+    out = ours.save_adapter(tmp_path / "adapter")
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(Path(path).resolve())
+    assert json.loads((out / "softprompt.json").read_text())["base_model"] == Path(path).name

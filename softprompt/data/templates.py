@@ -43,3 +43,20 @@ def render(template: str, row: dict, key: str) -> str:
         raise SoftPromptError(
             f"data.{key}: refers to column {e.args[0]!r}, which the dataset lacks; its columns are {sorted(row)}"
         ) from None
+
+
+def check_label_names(source_template: str, target_template: str, label_names: tuple[str, ...]) -> None:
+    """data.label_names is read only through {label_name}: set without it, the run would train on the raw
+    class indices of data.label_column (digits) while the label words go unused. (A template that uses
+    {label_name} without label_names is checked against the data's columns, which may hold a `label_name`.)"""
+    if not label_names:
+        return
+    templates = {"source_template": source_template, "target_template": target_template}
+    if any("label_name" in template_fields(t, f"data.{k}") for k, t in templates.items()):
+        return
+    raise ConfigError(
+        f"data.label_names: set to {list(label_names)}, but neither data.source_template ({source_template!r}) "
+        f"nor data.target_template ({target_template!r}) uses {{label_name}}, so the label words would go unused "
+        "(and a template over the label column trains on its class indices); write {label_name} where the word "
+        "belongs (e.g. data.target_template: ' {label_name}'), or drop data.label_names"
+    )

@@ -3,21 +3,26 @@ Tuning", https://arxiv.org/abs/2104.08691.
 
 One trainable matrix P (p x d) put before the embedded input of a frozen model (a `PromptEmbedding`
 with no offset). `PromptConfig` holds the fields every prompt source shares (length, init, kernel,
-execution); the other sources' configs extend it with their own fields.
+execution) and checks them itself, so a config built in Python (`SoftPromptModel.from_pretrained`) is
+refused with the same messages as a recipe; the other sources' configs extend it with their own fields.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from softprompt.errors import ConfigError
+from softprompt.layers.fused import KERNELS
 from softprompt.layers.inits import initial_prompt
 from softprompt.layers.prompt_embedding import PromptEmbedding
 
 INITS = ("vocab", "uniform", "text", "class_label", "file")
 EXECUTIONS = ("auto", "shared_prefix", "concat")
+CHOICES = {"init": INITS, "kernel": KERNELS, "execution": EXECUTIONS}
+POSITIVE = {"num_virtual_tokens": int, "vocab_top_k": int, "init_range": float}  # each must be > 0
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,19 @@ class PromptConfig:
     execution: str = "auto"  # auto | shared_prefix | concat
 
     def __post_init__(self):
+        for key, allowed in CHOICES.items():
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ConfigError(f"prompt.{key}: {value!r} is not valid; choose one of {list(allowed)}")
+        for key, kind in POSITIVE.items():
+            value = getattr(self, key)
+            number = (int, float) if kind is float else int
+            if not isinstance(value, number) or isinstance(value, bool):
+                raise ConfigError(f"prompt.{key}: expected {kind.__name__}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"prompt.{key}: must be a finite number, got {value!r}")
+            if value <= 0:
+                raise ConfigError(f"prompt.{key}: must be > 0, got {value}")
         if self.init == "text" and not self.init_text:
             raise ConfigError("prompt.init_text: required when prompt.init is 'text'")
         if self.init == "class_label" and not self.init_labels:

@@ -106,7 +106,7 @@ def damaged(file: Path, why: str) -> SoftPromptError:
     """One error for any unreadable checkpoint file (a disk filled up, a copy cut short), with the fix."""
     ckpt = file.parent
     return SoftPromptError(f"checkpoint file {file} is damaged ({why}); delete {ckpt} to resume from the "
-                           "checkpoint before it (with none left, --resume starts over)")
+                           "checkpoint before it (with none left, train with --overwrite to start over)")
 
 
 def read_meta(path: Path) -> dict:

@@ -2,6 +2,8 @@
 
     softprompt demo                                   # the embedded default, offline, ~1-2 min on CPU
     softprompt train recipes/debug/tiny-causal.yaml train.max_steps=20 --resume
+    softprompt train --resume checkpoints/RUN         # continue a run with its own config
+    softprompt eval checkpoints/demo/final --split validation   # the run's own config and data
     softprompt generate checkpoints/demo/final "fulusheel ="
     softprompt budget --d 768 --s 256 --l 100        # DePT (m, r) pairs at a vanilla prompt's budget
     accelerate launch -m softprompt train RECIPE.yaml
@@ -21,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from softprompt import __version__
 from softprompt.errors import ConfigError, SoftPromptError
 
 DOTTED_KEY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
@@ -38,21 +41,80 @@ def _recipe_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
+def checkpoint_config(resume: str, overrides: list[str]):
+    """`train --resume PATH` with no recipe continues the run with the config its checkpoint recorded, in the
+    run dir the checkpoint lies in (the run may have moved since)."""
+    from softprompt.checkpoint import read_meta
+    from softprompt.config import config_with
+    from softprompt.train import find_checkpoint
+
+    ckpt = find_checkpoint(Path(resume))
+    config = read_meta(ckpt).get("config")
+    if not isinstance(config, dict):
+        raise SoftPromptError(f"--resume {resume}: {ckpt / 'meta.json'} records no config; give the run's recipe: "
+                              f"softprompt train RECIPE.yaml --resume {resume}")
+    recorded = config.get("train", {})
+    run_dir = ckpt.resolve().parent
+    here = [] if Path(recorded.get("output_dir", ""), recorded.get("run_name", "")).resolve() == run_dir else [
+        f"train.output_dir={run_dir.parent}", f"train.run_name={run_dir.name}"]
+    return config_with(config, [*here, *overrides])
+
+
 def cmd_train(args) -> int:
     from softprompt.config import load_config
     from softprompt.train import train
 
     recipe, overrides = _recipe_and_overrides(args.items)
-    cfg = load_config(recipe, overrides)
-    result = train(cfg, resume=args.resume, on_accepted=args.release_output)
+    if recipe is None and isinstance(args.resume, str):
+        cfg = checkpoint_config(args.resume, overrides)
+    else:
+        cfg = load_config(recipe, overrides)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite, on_accepted=args.release_output)
     if not _main_process():
         return 0
-    summary = {
-        "adapter": str(result.adapter_dir), "steps": result.steps, "trainable_parameters": result.trainable_parameters,
-        "before": result.before, "best_eval": result.best, "test": result.test,
-    }
-    print(json.dumps(summary, indent=2))
+    print_result(result, args.json)
     return 0
+
+
+def print_result(result, as_json: bool) -> None:
+    """The end of a run: a short table (metrics at 4 significant digits) or, with --json, the JSON for scripts."""
+    if as_json:
+        print(json.dumps({
+            "adapter": str(result.adapter_dir), "steps": result.steps, "source_step": result.source_step,
+            "trainable_parameters": result.trainable_parameters, "before": result.before, "best_eval": result.best,
+            "test": result.test,
+        }, indent=2))
+        return
+    print()
+    print(result_table(result))
+    why = f": {result.chosen_by}" if result.chosen_by else ""
+    print(f"steps: {result.steps} (final/ holds step {result.source_step}{why})  "
+          f"trainable parameters: {result.trainable_parameters:,}")
+    print(f"adapter: {result.adapter_dir}  curves: {result.run_dir / 'curves.png'}")
+
+
+def result_table(result) -> str:
+    """Rows per metric (loss, ppl, accuracy, ...); columns eval and test, before training and for final/'s
+    adapter (the best eval's, or the last step's). A column no split filled is left out."""
+    columns = {"eval before": (result.before, "eval_"), "eval final": (result.best, "eval_"),
+               "test before": (result.before, "test_"), "test final": (result.test, "test_")}
+    columns = {name: (d, prefix) for name, (d, prefix) in columns.items() if any(k.startswith(prefix) for k in d)}
+    names = list(dict.fromkeys(k.split("_", 1)[1] for d, prefix in columns.values() for k in d if k.startswith(prefix)))
+    rows = [[name] + [_cell(d.get(prefix + name)) for d, prefix in columns.values()] for name in names]
+    return table(["metric", *columns], rows)
+
+
+def _cell(value) -> str:
+    from softprompt.train import sig4
+
+    return "-" if value is None else sig4(value)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """Plain text columns: the first left-aligned, the numbers right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [[c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))] for r in [header, *rows]]
+    return "\n".join("  ".join(line).rstrip() for line in lines)
 
 
 def cmd_demo(args) -> int:
@@ -65,8 +127,12 @@ def cmd_demo(args) -> int:
     demo = ["train.run_name=demo", "optim.lr=0.1", "optim.scheduler=linear", "optim.warmup_steps=10"]
     cfg = load_config(None, [*demo, *args.overrides])
     print("softprompt demo: tuning a soft prompt on the bundled causal LM (softprompt/data/demo)")
-    result = train(cfg, resume=False, on_accepted=args.release_output)
+    # the demo is a canned run: running it again replaces its own run dir rather than asking for --overwrite
+    result = train(cfg, resume=False, overwrite=True, on_accepted=args.release_output)
     if not _main_process():
+        return 0
+    print_result(result, args.json)
+    if args.json:
         return 0
     before = result.before.get("test_accuracy", result.before.get("eval_accuracy"))
     after = result.test.get("test_accuracy", result.best.get("eval_accuracy"))
@@ -74,26 +140,66 @@ def cmd_demo(args) -> int:
           f"{cfg.prompt.num_virtual_tokens} x {result.trainable_parameters // cfg.prompt.num_virtual_tokens})")
     print(f"held-out accuracy before prompt tuning: {before:.1%}")
     print(f"held-out accuracy after prompt tuning:  {after:.1%}  (test split, {result.steps} steps)")
-    print(f"adapter: {result.adapter_dir}  curves: {result.run_dir / 'curves.png'}")
     return 0
+
+
+def run_config(adapter: str) -> tuple[dict, str] | tuple[None, None]:
+    """The config the adapter was trained with, and where it was read: the sidecar's (train writes it into
+    final/), else the run dir's config.yaml (final/ of a run trained before sidecars recorded it)."""
+    import yaml
+
+    from softprompt.adapter import SIDECAR, read_json
+
+    sidecar, run_file = Path(adapter) / SIDECAR, Path(adapter).parent / "config.yaml"
+    if sidecar.is_file():
+        config = read_json(sidecar, "re-export the adapter").get("config")
+        if isinstance(config, dict):
+            return config, str(sidecar)
+    if run_file.is_file():
+        try:
+            config = yaml.safe_load(run_file.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise SoftPromptError(f"eval: {run_file} is not a readable config ({str(e).splitlines()[0]}); give the "
+                                  "run's recipe: softprompt eval ADAPTER RECIPE.yaml") from None
+        if isinstance(config, dict):
+            return config, str(run_file)
+    return None, None
+
+
+def eval_config(adapter: str, items: list[str]):
+    """The config eval runs with: the recipe given, else the adapter's run's own (never the demo defaults,
+    which would score the adapter on the wrong data without a word); overrides apply on top."""
+    from softprompt.config import config_with, load_config
+
+    recipe, overrides = _recipe_and_overrides(items)
+    if recipe is not None:
+        return load_config(recipe, overrides), recipe
+    config, where = run_config(adapter)
+    if config is None:
+        raise SoftPromptError(f"eval: {adapter} records no run config (no 'config' in its softprompt.json, no "
+                              "config.yaml beside it), so the data to evaluate on is unknown; give the recipe it was "
+                              f"trained with: softprompt eval {adapter} RECIPE.yaml [key=value ...]")
+    return config_with(config, overrides), where
 
 
 def cmd_eval(args) -> int:
     from softprompt.build import build_objective
-    from softprompt.config import load_config
-    from softprompt.data import load_split
+    from softprompt.data import load_eval_split
     from softprompt.export import load_adapter
 
-    recipe, overrides = _recipe_and_overrides(args.items)
-    cfg = load_config(recipe, overrides)
-    split = args.split or cfg.data.test_split or cfg.data.eval_split
-    if not split:
-        raise SoftPromptError("eval: no split to evaluate; pass --split NAME or set data.test_split or data.eval_split")
+    cfg, where = eval_config(args.adapter, args.items)
     objective = build_objective(cfg)
+    split, rows = load_eval_split(cfg.data, args.split)  # the test split, else the eval split (carved or not)
     model = load_adapter(args.adapter)
-    items = objective.encode(load_split(cfg.data.path, split, cfg.data.name), model.tokenizer, cfg.data, model.kind, split)
+    items = objective.encode(rows, model.tokenizer, cfg.data, model.kind, split)
+    data = cfg.data.path + (f" ({cfg.data.name})" if cfg.data.name else "")
+    if not args.json:  # before the metrics, which take a while: what is being scored
+        print(f"data: {data}  split: {split}  rows: {len(items)}  (config: {where})", flush=True)
     metrics = objective.evaluate(model, items, cfg.train.eval_batch_size)
-    print(json.dumps({"split": split, **metrics}, indent=2))
+    if args.json:
+        print(json.dumps({"data": data, "split": split, "rows": len(items), "config": where, **metrics}, indent=2))
+        return 0
+    print(table(["metric", split], [[k.split("_", 1)[1], _cell(v)] for k, v in metrics.items()]))
     return 0
 
 
@@ -133,9 +239,23 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs):
+    """argparse with one-line errors; a subcommand's parser (`intermixed`) takes its options anywhere, so
+    `train R.yaml --resume optim.lr=0.1` is the recipe, the flag and an override (plain parsing ends the
+    positionals at the first option and refuses the override after it)."""
+
+    def __init__(self, *args, intermixed: bool = False, **kwargs):
         kwargs.setdefault("allow_abbrev", False)  # `train --resum` is an unknown flag, not --resume
         super().__init__(*args, **kwargs)
+        self.intermixed, self._mixing = intermixed, False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if not self.intermixed or self._mixing:  # parse_known_intermixed_args calls back in here
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
 
     def error(self, message: str):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
@@ -151,31 +271,59 @@ def positive_int(text: str) -> int:
     return value
 
 
+ADAPTER_HELP = "an adapter dir: a run's final/ (checkpoints/RUN/final) or a dir written by `softprompt export`"
+JSON_HELP = "print the summary as JSON (for scripts) instead of a table"
+
+
 def parser() -> argparse.ArgumentParser:
     ap = Parser(prog="softprompt", description="Soft-prompt tuning for Hugging Face models.")
+    ap.add_argument("--version", action="version", version=f"softprompt {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train from a YAML recipe with key.sub=value overrides")
-    p.add_argument("items", nargs="*", metavar="RECIPE|key=value")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+
+    def command(name: str, help: str, usage: str | None = None):
+        return sub.add_parser(name, help=help, description=help, usage=usage, intermixed=True)
+
+    p = command("train", "train from a YAML recipe with key.sub=value overrides",
+                "softprompt train [RECIPE] [key=value ...] [--resume [PATH]] [--overwrite] [--json]")
+    p.add_argument("items", nargs="*", metavar="RECIPE|key=value",
+                   help="a YAML recipe (default: the bundled demo), then overrides of its keys, e.g. train.max_steps=20")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                   help="continue a run: with no PATH, the latest checkpoint of the run dir (train.output_dir/"
+                        "train.run_name); with PATH, that checkpoint (RUN/step_NNNNNN/) or run dir (with no "
+                        "recipe, the run's own config). It is an error when there is no checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the run dir (checkpoints, final/, metrics.jsonl); without it "
+                        "a new run there is refused")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(fn=cmd_train)
-    p = sub.add_parser("demo", help="prompt-tune the bundled model offline and print accuracy before/after")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p = command("demo", "prompt-tune the bundled model offline and print accuracy before/after",
+                "softprompt demo [key=value ...] [--json]")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo's config keys")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("eval", help="evaluate an adapter on a recipe's data")
-    p.add_argument("adapter")
-    p.add_argument("items", nargs="*", metavar="RECIPE|key=value")
-    p.add_argument("--split", default=None)
+    p = command("eval", "evaluate an adapter on its run's data (or a recipe's)",
+                "softprompt eval ADAPTER [RECIPE] [key=value ...] [--split S] [--json]")
+    p.add_argument("adapter", metavar="ADAPTER", help=ADAPTER_HELP)
+    p.add_argument("items", nargs="*", metavar="RECIPE|key=value",
+                   help="a YAML recipe whose data to use (default: the config the adapter's run recorded, in its "
+                        "softprompt.json or the run dir's config.yaml), then overrides of its keys")
+    p.add_argument("--split", default=None, metavar="S",
+                   help="the split to evaluate (default: data.test_split, else data.eval_split, or the rows "
+                        "data.validation_fraction carves from the train split)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
     p.set_defaults(fn=cmd_eval)
-    p = sub.add_parser("generate", help="generate with an adapter")
-    p.add_argument("adapter")
-    p.add_argument("texts", nargs="+")
-    p.add_argument("--max-new-tokens", type=positive_int, default=20)
+    p = command("generate", "continue texts with an adapter",
+                "softprompt generate ADAPTER TEXTS [TEXTS ...] [--max-new-tokens N]")
+    p.add_argument("adapter", metavar="ADAPTER", help=ADAPTER_HELP)
+    p.add_argument("texts", nargs="+", metavar="TEXTS", help="input texts to continue, one batch")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20, metavar="N",
+                   help="tokens to generate per text (default 20)")
     p.set_defaults(fn=cmd_generate)
-    p = sub.add_parser("export", help="write an adapter dir (PEFT + serving) from a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("out")
+    p = command("export", "write an adapter dir (PEFT + serving) from a checkpoint")
+    p.add_argument("checkpoint", help="a run's checkpoint dir, checkpoints/RUN/step_NNNNNN")
+    p.add_argument("out", help="the adapter dir to create (new or empty)")
     p.set_defaults(fn=cmd_export)
-    p = sub.add_parser("budget", help="DePT: (prompt length m, rank r) pairs within a vanilla prompt's parameter budget")
+    p = command("budget", "DePT: (prompt length m, rank r) pairs within a vanilla prompt's parameter budget")
     p.add_argument("--d", type=positive_int, required=True, help="hidden size of the base model (768 for T5-base)")
     p.add_argument("--s", type=positive_int, required=True, help="DePT offset length, the max input length (256 in the paper)")
     p.add_argument("--l", type=positive_int, required=True, help="vanilla prompt length whose budget l*d is matched (100)")
@@ -184,12 +332,27 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _resume_takes_no_override(argv: list[str]) -> list[str]:
+    """`--resume` takes an optional PATH, and argparse gives it whatever follows, so `train R.yaml --resume
+    optim.lr=0.1` would resume from a dir named 'optim.lr=0.1'. An override (has '='), an existing file or a
+    .yaml/.yml name is no PATH: the bare flag moves to the end of the line, where it takes nothing."""
+    for i, item in enumerate(argv[:-1]):
+        following = Path(argv[i + 1])
+        if item == "--resume" and not following.is_dir() and (
+                "=" in argv[i + 1] or following.is_file() or following.suffix in (".yaml", ".yml")):
+            return [*argv[:i], *argv[i + 1:], "--resume"]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Bad input (SoftPromptError, a usage error) is one stderr line and exit code 2; Ctrl-C is
     `softprompt: interrupted` and 130. Warnings and log lines are held while the command runs and shown only
     when it does not end on bad input, so the error line stands alone."""
     held = HeldOutput()
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if argv[:1] == ["train"]:
+            argv = _resume_takes_no_override(argv)
         args = parser().parse_args(argv)
         _quiet_libraries()
         args.release_output = held.release  # a long command (train) releases them once its input is accepted

@@ -9,6 +9,7 @@ checked against the field types. The defaults are the embedded demo (`model.name
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -217,6 +218,14 @@ def to_dict(cfg: Any) -> Any:
     if isinstance(cfg, tuple):
         return [to_dict(v) for v in cfg]
     return cfg
+
+
+def config_with(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A Config from a config dict (a run's recorded one) with `key.sub=value` overrides on top."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        _apply_override(data, item)
+    return from_dict(data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

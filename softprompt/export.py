@@ -55,4 +55,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
         raise SoftPromptError(f"export: {str(ckpt / 'trainable.safetensors')!r} does not fit the model its meta.json "
                               f"describes (tensors {wrong[:3]}); {fix}")
     load_trainable_state(model, tensors)
-    return model.save_adapter(out, method=cfg.method.name)
+    step = meta.get("step")  # the sidecar says what ran, as train's final/ does (eval reads its config)
+    return model.save_adapter(out, method=cfg.method.name, steps=step, source_step=step, chosen_by="exported checkpoint",
+                              config=meta["config"])

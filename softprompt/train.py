@@ -29,11 +29,11 @@ from typing import Callable
 import torch
 import yaml
 
-from softprompt.checkpoint import (latest_checkpoint, list_checkpoints, load_checkpoint, load_trainable_state,
+from softprompt.checkpoint import (PREFIX, latest_checkpoint, list_checkpoints, load_checkpoint, load_trainable_state,
                                    read_meta, save_checkpoint, trainable_state)
 from softprompt.build import build_model, build_objective, param_groups
 from softprompt.config import Config, to_dict
-from softprompt.data import BatchStream, load_split
+from softprompt.data import BatchStream, load_splits
 from softprompt.errors import SoftPromptError
 from softprompt.layers import fused
 from softprompt.loading import load_base
@@ -53,18 +53,27 @@ class RunResult:
     test: dict = field(default_factory=dict)  # test metrics of the adapter in final/
     history: list = field(default_factory=list)
     model: object = None  # the trained SoftPromptModel (final/'s adapter loaded)
+    source_step: int | None = None  # the step final/'s adapter comes from (the best eval's, or the last)
+    chosen_by: str = ""  # why final/ holds that step's adapter: "best eval_loss", "last step"
 
 
-def train(cfg: Config, resume: bool = False, on_accepted: Callable[[], None] | None = None) -> RunResult:
-    """Train per `cfg` (continue the run's latest checkpoint with `resume`). While it runs, SIGTERM
-    checkpoints after the current optimizer step and exits with 143 (see `sigterm_flag`). `on_accepted`
-    is called once every input check has passed, just before the run dir is written (the CLI prints the
-    warnings it held back until then)."""
+def train(cfg: Config, resume: bool | str | Path = False, overwrite: bool = False,
+          on_accepted: Callable[[], None] | None = None) -> RunResult:
+    """Train per `cfg`. `resume=True` continues the run dir's latest checkpoint; a path continues that
+    checkpoint (step_NNNNNN/) or the latest one of that run dir. Either way a checkpoint must exist: a
+    resume that finds none is an error, not a silent fresh start.
+
+    A new run into a run dir that already holds one (checkpoints, final/, metrics.jsonl) is refused unless
+    `overwrite`, which replaces it; with `resume`, `overwrite` lets a resume from an earlier checkpoint
+    drop the later ones. While it runs, SIGTERM checkpoints after the current optimizer step and exits
+    with 143 (see `sigterm_flag`). `on_accepted` is called once every input check has passed, just before
+    the run dir is written (the CLI prints the warnings it held back until then)."""
     with sigterm_flag() as term:
-        return _train(cfg, resume, term, on_accepted or (lambda: None))
+        return _train(cfg, resume, overwrite, term, on_accepted or (lambda: None))
 
 
-def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callable[[], None]) -> RunResult:
+def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: threading.Event,
+           on_accepted: Callable[[], None]) -> RunResult:
     tc = cfg.train
     run_dir = Path(tc.output_dir) / tc.run_name
     accelerator = build_accelerator(cfg, run_dir)
@@ -74,9 +83,11 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
     # input checks that need no model: they fail before anything is written
     objective = build_objective(cfg)
     check_metric(objective, tc)
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt = checkpoint_to_resume(run_dir, resume, overwrite) if resume else None
     if ckpt is not None:
         check_resumable(read_meta(ckpt).get("config"), cfg, ckpt)
+    else:
+        check_new_run(run_dir, overwrite)
 
     # data and model
     base, tokenizer, kind = load_base(cfg.model)
@@ -84,9 +95,9 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
     model = build_model(cfg, base, tokenizer, kind)
     if tc.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    splits = {"train": cfg.data.train_split, "eval": cfg.data.eval_split, "test": cfg.data.test_split}
-    items = {k: objective.encode(load_split(cfg.data.path, s, cfg.data.name), tokenizer, cfg.data, kind, s)
-             for k, s in splits.items() if s}
+    # every split the config names is checked at once; data.validation_fraction carves eval rows from train
+    items = {k: objective.encode(rows, tokenizer, cfg.data, kind, split)
+             for k, (split, rows) in load_splits(cfg.data).items()}
     eval_items = items.get("eval")
     model.to(accelerator.device)
     fused.enabled(model.prompt.kernel, model.input_table, model.device)  # e.g. triton forced on CPU: fail now
@@ -105,9 +116,12 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
     if ckpt is not None:
         loop.update(load_checkpoint(ckpt, model, optimizer, scheduler))
         on_accepted()  # the last input check (a damaged checkpoint) has passed
+        if main:  # a resume from an earlier checkpoint (allowed by overwrite) drops what the later run wrote
+            drop_later(run_dir, ckpt)
+        accelerator.wait_for_everyone()
         if finished(loop, tc) and (run_dir / "final").is_dir():
-            how = ("early stopping; train without --resume to start over" if loop["stopped"] == "early_stopping"
-                   else "max_steps reached; raise train.max_steps to train on")
+            how = ("early stopping; train with --overwrite instead of --resume to start over"
+                   if loop["stopped"] == "early_stopping" else "max_steps reached; raise train.max_steps to train on")
             accelerator.print(f"{run_dir} already finished at step {loop['step']} ({how}); final/ is unchanged")
             return finished_result(run_dir, loop, model)
         accelerator.print(f"resumed from {ckpt} at step {loop['step']}")
@@ -139,10 +153,11 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
             loop["before"].update({k.replace("eval_", "test_"): v
                                    for k, v in objective.evaluate(model, items["test"], tc.eval_batch_size).items()})
         record(loop["before"], 0)
-        accelerator.print("before training: " + fmt(loop["before"]))
+        accelerator.print("before training: " + metrics_text(loop["before"]))
 
     stream = BatchStream(items["train"], tc.batch_size, tc.seed, cfg.data.group_by_length, rank, world, loop["position"])
     progress = tqdm_bar(tc, main, loop["step"])
+    say = progress_printer(accelerator, progress)
     wrapped.train()
     stop = loop["stopped"] == "early_stopping"  # resumed after its last checkpoint, before final/ was written
     window_start = time.perf_counter()
@@ -183,10 +198,10 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
             record(metrics, step)
             loop["last_metrics"] = dict(metrics)
             stop = update_best(loop, metrics, model, tc, step, objective)
+            say(f"step {step}/{tc.max_steps}  {metrics_text(metrics)}" + ("  (best)" if loop["best_step"] == step else ""))
             if stop:
                 loop["stopped"] = "early_stopping"
-                accelerator.print(f"early stopping at step {step}: no {tc.metric} improvement in "
-                                  f"{tc.early_stopping_patience} evaluations")
+                say(f"early stopping at step {step}: no {tc.metric} improvement in {tc.early_stopping_patience} evaluations")
         if step == tc.max_steps and not stop:
             loop["stopped"] = "max_steps"
         # every rank must agree to stop on a signal, or the others would wait for it forever
@@ -209,14 +224,18 @@ def _train(cfg: Config, resume: bool, term: threading.Event, on_accepted: Callab
     state, final_metrics, source_step = final_choice(loop, tc)
     if state is not None:
         load_trainable_state(model, state)
-    result = RunResult(run_dir, run_dir / "final", loop["step"], n_params, loop["before"], dict(final_metrics))
+    result = RunResult(run_dir, run_dir / "final", loop["step"], n_params, loop["before"], dict(final_metrics),
+                       source_step=source_step, chosen_by=chosen_by(loop, tc))
     if "test" in items:
         result.test = {k.replace("eval_", "test_"): v for k, v in objective.evaluate(model, items["test"], tc.eval_batch_size).items()}
         record(result.test, loop["step"])
     if main:
+        # steps: how far the run trained; source_step: the step whose adapter final/ holds (the best eval's
+        # with keep_best, so it can be earlier); config: what ran, so `softprompt eval` needs no recipe
         model.save_adapter(result.adapter_dir, method=cfg.method.name, steps=loop["step"], source_step=source_step,
-                           metrics={**final_metrics, **result.test})
-        plot_curves(loop["history"], run_dir / "curves.png")
+                           chosen_by=result.chosen_by, metrics={**final_metrics, **result.test}, config=to_dict(cfg))
+        plot_curves(loop["history"], run_dir / "curves.png", title=curves_title(cfg, loop["step"]), metric=tc.metric,
+                    best_step=source_step, greater_is_better=greater_is_better(tc, objective))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     result.history, result.model = loop["history"], model
@@ -269,8 +288,65 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def held_run(run_dir: Path) -> list[str]:
+    """What in `run_dir` belongs to a run that a new one would replace (empty: nothing to lose)."""
+    ckpts = [p.name + "/" for p in list_checkpoints(run_dir)]
+    return ckpts + [name for name in ("final/", "metrics.jsonl") if (run_dir / name.rstrip("/")).exists()]
+
+
+def check_new_run(run_dir: Path, overwrite: bool) -> None:
+    """A fresh run must not silently replace a run that is already there: that takes --overwrite."""
+    held = held_run(run_dir)
+    if held and not overwrite:
+        raise SoftPromptError(f"{run_dir} already holds a run ({', '.join(held)}); continue it with --resume or "
+                              "replace it with --overwrite (in train(): resume=True, overwrite=True), or choose "
+                              "another train.run_name")
+
+
+def checkpoint_to_resume(run_dir: Path, resume: bool | str | Path, overwrite: bool) -> Path:
+    """The checkpoint `resume` names (True: the run dir's latest; a path: see `find_checkpoint`). It must
+    belong to this run's dir (train.output_dir/train.run_name), and one earlier than the latest takes
+    `overwrite` (the later ones would be dropped)."""
+    ckpt = find_checkpoint(run_dir if resume is True else Path(resume), given=resume is not True)
+    if ckpt.parent.resolve() != run_dir.resolve():
+        raise SoftPromptError(f"--resume {resume}: the checkpoint belongs to run dir {ckpt.parent}, but this run's "
+                              f"dir is {run_dir}; set train.output_dir and train.run_name to the checkpoint's run, or "
+                              "give no recipe to continue it with its own config")
+    later = [p.name for p in list_checkpoints(run_dir) if p.name > ckpt.name]
+    if later and not overwrite:
+        raise SoftPromptError(f"--resume {resume}: {ckpt.name} is not the run's latest checkpoint ({', '.join(later)} "
+                              "came later); add --overwrite to continue from it and drop the later ones and final/, "
+                              f"or `softprompt export {ckpt} OUT` to keep both")
+    return ckpt
+
+
+def find_checkpoint(where: Path, given: bool = True) -> Path:
+    """The checkpoint at `where`: that checkpoint dir (step_NNNNNN/), or the latest one of that run dir.
+    None there is an error, not a fresh start (`given`: the user named `where`, which may not exist)."""
+    if given and not where.is_dir():
+        raise SoftPromptError(f"--resume {where}: no such directory; give a checkpoint (RUN/step_NNNNNN/) or a run dir")
+    if where.name.startswith(PREFIX) and where.name[len(PREFIX):].isdigit():
+        return where
+    ckpt = latest_checkpoint(where)
+    if ckpt is None:
+        start = ("train without --resume to start it" if not held_run(where) else
+                 "train with --overwrite instead of --resume to start over (replacing what it holds)")
+        raise SoftPromptError(f"--resume: {where} holds no checkpoint (step_NNNNNN/) to continue from; {start}")
+    return ckpt
+
+
+def drop_later(run_dir: Path, ckpt: Path) -> None:
+    """Resuming from an earlier checkpoint: the later checkpoints and final/ belong to the run it replaces
+    (left in place, keep_checkpoints would prune the new ones first, and a finished check would read the old
+    final/)."""
+    later = [p for p in list_checkpoints(run_dir) if p.name > ckpt.name]
+    for stale in later + ([run_dir / "final"] if later else []):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def start_fresh(run_dir: Path, cfg: Config) -> None:
-    """A new run in an existing dir replaces that run's checkpoints and adapter (not other files)."""
+    """A new run in an existing dir (allowed by overwrite) replaces that run's checkpoints and adapter (not
+    other files)."""
     for stale in list_checkpoints(run_dir) + [run_dir / "final"]:
         shutil.rmtree(stale, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -314,13 +390,14 @@ def check_resumable(old: dict | None, cfg: Config, ckpt: Path) -> None:
     state (prompt shape, optimizer moments, data position) belongs to the config it recorded."""
     if old is None:  # written before checkpoints recorded their config: nothing to compare
         return
-    before, now = flat(old), flat(to_dict(cfg))
+    # a key the checkpoint's config lacks was added to softprompt after it was written: it ran with the default
+    before, now = {**flat(to_dict(Config())), **flat(old)}, flat(to_dict(cfg))
     changed = [k for k in sorted(before.keys() | now.keys())
                if k not in RESUMABLE and before.get(k, "<unset>") != now.get(k, "<unset>")]
     if changed:
         diff = ", ".join(f"{k} ({before.get(k, '<unset>')} -> {now.get(k, '<unset>')})" for k in changed)
         raise SoftPromptError(f"cannot resume {ckpt}: the recipe changed {diff}; restore those values, "
-                              "or train without --resume to start over")
+                              "or train with --overwrite instead of --resume to start over")
 
 
 def finished(loop: dict, tc) -> bool:
@@ -337,6 +414,19 @@ def final_choice(loop: dict, tc) -> tuple[dict | None, dict, int]:
     return None, loop["last_metrics"], loop["step"]
 
 
+def chosen_by(loop: dict, tc) -> str:
+    """Why final/ holds the adapter of its source_step, in the sidecar's words."""
+    if tc.keep_best and loop["best_state"] is not None:
+        return f"best {tc.metric}"
+    return "last step"
+
+
+def curves_title(cfg: Config, steps: int) -> str:
+    """One line naming what the curves show: run, method, prompt length, learning rate, steps."""
+    what = cfg.method.name or cfg.prompt.type
+    return f"{cfg.train.run_name}: {what}, p={cfg.prompt.num_virtual_tokens}, lr={cfg.optim.lr:g}, {steps} steps"
+
+
 def finished_result(run_dir: Path, loop: dict, model) -> RunResult:
     """The result of a run that had already ended, read back from final/ and metrics.jsonl (nothing is
     rewritten); `model` gets final/'s adapter, which is the last checkpoint's or the best one it kept."""
@@ -350,7 +440,8 @@ def finished_result(run_dir: Path, loop: dict, model) -> RunResult:
     return RunResult(run_dir, run_dir / "final", loop["step"], model.trainable_parameters(), loop["before"],
                      best={k: v for k, v in metrics.items() if not k.startswith("test_")},
                      test={k: v for k, v in metrics.items() if k.startswith("test_")},
-                     history=[json.loads(line) for line in lines], model=model)
+                     history=[json.loads(line) for line in lines], model=model, source_step=meta.get("source_step"),
+                     chosen_by=meta.get("chosen_by", ""))
 
 
 def build_optimizer(cfg: Config, groups: list[dict]):
@@ -410,5 +501,23 @@ def tqdm_bar(tc, main: bool, start: int):
     return tqdm(total=tc.max_steps, initial=start, disable=not (main and tc.progress_bar), desc="train", dynamic_ncols=True)
 
 
-def fmt(metrics: dict) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+def progress_printer(accelerator, progress) -> Callable[[str], None]:
+    """Print a line from the main process only; above the bar while it is drawn, as a plain print would
+    cut through the bar's line."""
+    def say(line: str) -> None:
+        if progress.disable:
+            accelerator.print(line)
+        elif accelerator.is_main_process:
+            progress.write(line)
+
+    return say
+
+
+def sig4(value: float) -> str:
+    """4 significant digits, trailing zeros kept so a column of them lines up (0.9000, 2.253, 1235)."""
+    text = f"{value:#.4g}"
+    return text if "e" in text else text.rstrip(".")
+
+
+def metrics_text(metrics: dict) -> str:
+    return "  ".join(f"{k} {sig4(v)}" for k, v in metrics.items())

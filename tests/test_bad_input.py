@@ -186,6 +186,16 @@ def _ckpt_truncated(e: Env) -> Path:
     return c
 
 
+def _finished_run(e: Env, ckpt: bool = True) -> None:
+    """What a run leaves in its run dir (train.run_name t under e.out): metrics.jsonl, and a checkpoint and final/."""
+    run = e.out / "t"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "train_loss": 1.0}) + "\n")
+    if ckpt:
+        (run / "step_000003").mkdir()
+        shutil.copytree(e.adapter, run / "final")
+
+
 def _raise_interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
@@ -306,7 +316,8 @@ CASES = [
     Case("json invalid", lambda e: e.single_file("d.json", '[{"source": "a", "target": "b"}'), "d.json"),
     Case("data file empty", lambda e: e.single_file("d.jsonl", ""), "empty"),
     Case("data file missing", override("data.path=/nonexistent/d.jsonl"), "does not exist"),
-    Case("data dir lacks split", lambda e: e.train(f"data.path={e.write('notes.txt', 'x').parent}"), "has no file for split"),
+    Case("data dir lacks split", lambda e: e.train(f"data.path={e.write('notes.txt', 'x').parent}"),
+         "not data.train_split ('train')"),  # load_splits names every split it lacks at once
     Case("label out of range", lambda e: e.single_file("d.jsonl", jsonl({"source": "a", "label": 5})) + [
         "data.label_names=[no, yes]", "data.target_template={label_name}"], "data.label_names"),
     # --- adapters ----------------------------------------------------------------------------------------
@@ -342,8 +353,14 @@ CASES = [
     Case("peft config wrong p", _corrupt_adapter(lambda e: _peft_cfg(e, num_virtual_tokens=7)), "shape"),
     Case("peft seq2seq two submodules", _corrupt_adapter(_peft_t5_adapter), "num_transformer_submodules"),
     Case("peft seq2seq rows mismatch", _corrupt_adapter(lambda e: _peft_t5_adapter(e, submodules=1, rows=8)), "shape"),
-    Case("eval with truncated adapter", lambda e: (truncated(e), ["eval", str(e.adapter), *overrides(e.model, e.data, e.out)])[1],
+    Case("eval with truncated adapter", lambda e: (truncated(e), ["eval", str(e.adapter), str(e.write("r.yaml", "{}\n")),
+                                                                  *overrides(e.model, e.data, e.out)])[1],
          "adapter_model.safetensors"),
+    Case("eval without recipe or run config", lambda e: ["eval", str(e.adapter), "data.max_eval_samples=2"],
+         "give the recipe it was trained with"),
+    Case("eval run config.yaml invalid", lambda e: (e.write("run/config.yaml", "train: [\n"),
+                                                    shutil.copytree(e.adapter, e.tmp / "in" / "run" / "final"),
+                                                    ["eval", str(e.tmp / "in" / "run" / "final")])[2], "config.yaml"),
     Case("init_file is a pickle", lambda e: e.train("prompt.init=file", f"prompt.init_file={_pickled(e)}"),
          "prompt.init_file"),
     Case("init_file truncated", lambda e: (truncated(e), e.train("prompt.init=file", f"prompt.init_file={e.adapter}"))[1],
@@ -388,9 +405,16 @@ CASES = [
     Case("max-new-tokens text", lambda e: ["generate", str(e.adapter), "x", "--max-new-tokens", "many"],
          "--max-new-tokens"),
     Case("unknown flag", lambda e: ["train", "--resum"], "--resum"),
+    # --- run dirs: a new run never silently replaces one, a resume never silently starts over ---------------
+    Case("resume without a checkpoint", lambda e: e.train("--resume"), "holds no checkpoint"),
+    Case("resume a missing path", lambda e: e.train("--resume", str(e.tmp / "nope")), "no such directory"),
+    Case("resume a checkpoint of another run", lambda e: e.train("--resume", str(e.checkpoint())), "belongs to run dir"),
+    Case("new run into an existing run", lambda e: (_finished_run(e), e.train())[1], "already holds a run"),
+    Case("resume a run killed before its first checkpoint", lambda e: (_finished_run(e, ckpt=False), e.train("--resume"))[1],
+         "--overwrite"),
     Case("unknown subcommand", lambda e: ["trian"], "trian"),
     Case("no subcommand", lambda e: [], "command"),
-    Case("generate without text", lambda e: ["generate", str(e.adapter)], "texts"),
+    Case("generate without text", lambda e: ["generate", str(e.adapter)], "TEXTS"),
     Case("budget d zero", lambda e: ["budget", "--d", "0", "--s", "256", "--l", "100"], "--d"),
     Case("budget step zero", lambda e: ["budget", "--d", "768", "--s", "256", "--l", "100", "--step", "0"], "--step"),
     # --- Ctrl-C and noise ------------------------------------------------------------------------------------
@@ -470,7 +494,8 @@ def test_corpus_size():
 
 
 SUBPROCESS = ["recipe utf-16 with BOM", "template positional {}", "adapter safetensors truncated",
-              "max-new-tokens 0", "export into non-empty dir"]
+              "max-new-tokens 0", "export into non-empty dir", "eval without recipe or run config",
+              "resume without a checkpoint"]
 
 
 @pytest.mark.parametrize("name", SUBPROCESS)

@@ -50,7 +50,7 @@ def test_bad_input_exit_2_one_line_nothing_written(case, tmp_path, task, saved_m
 
 
 def test_adapter_from_other_base_on_cli(tmp_path, task, saved_model, capsys):
-    code, out, _ = cli(["train", *overrides(saved_model("llama"), task, tmp_path / "out")], capsys)
+    code, out, _ = cli(["train", *overrides(saved_model("llama"), task, tmp_path / "out"), "--json"], capsys)
     assert code == 0
     adapter = json.loads(out[out.index("{"):])["adapter"]
     sidecar = tmp_path / "out" / "t" / "final" / "softprompt.json"
@@ -82,8 +82,8 @@ def test_python_m_real_process_error_has_no_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_python_m_train_and_generate(tmp_path, task, saved_model):
-    proc = subprocess.run([sys.executable, "-m", "softprompt", "train", *overrides(saved_model("llama"), task, tmp_path / "out")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "softprompt", "train", *overrides(saved_model("llama"), task, tmp_path / "out"),
+                           "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     adapter = json.loads(proc.stdout[proc.stdout.index("{"):])["adapter"]
     gen = subprocess.run([sys.executable, "-m", "softprompt", "generate", adapter, "apple =", "--max-new-tokens", "3"],

@@ -31,4 +31,18 @@ def test_demo_accuracy_rises(tmp_path, capsys):
     after = float(re.search(r"after prompt tuning:\s+([\d.]+)%", out).group(1))
     assert after >= before + 30, out
     assert re.search(r"trainable parameters: [\d,]+", out)
+    assert re.search(r"^accuracy( +\d\.\d{3,4}){4}$", out, re.M), out  # the table
     assert (tmp_path / "demo" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_demo_ends_with_a_rounded_table(tmp_path, capsys):
+    """A 2-step demo: the end is a short table at 4 significant digits and the accuracy headline, no JSON."""
+    short = [f"train.output_dir={tmp_path}", "train.trackers=[]", "train.progress_bar=false", "train.max_steps=2",
+             "train.eval_every=2", "optim.warmup_steps=0", "data.max_eval_samples=8"]
+    assert main(["demo", *short]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^step 2/2  eval_loss \S+  eval_ppl \S+  eval_accuracy \S+  \(best\)$", out, re.M), out
+    assert re.search(r"^metric +eval before +eval final +test before +test final$", out, re.M), out
+    assert re.search(r"^accuracy( +\d\.\d{3,4}){4}$", out, re.M), out
+    assert f"adapter: {tmp_path / 'demo' / 'final'}" in out and "held-out accuracy after prompt tuning" in out
+    assert "{" not in out and not re.search(r"\d\.\d{5,}", out), out

@@ -23,7 +23,7 @@ def test_two_process_ddp_equals_one_process_on_the_global_batch(tmp_path, saved_
     args = overrides(saved_model("llama"), task, tmp_path / "ddp", **common, **{"train.batch_size": 3})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "softprompt", "train", *args],
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "softprompt", "train", *args, "--json"],
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])

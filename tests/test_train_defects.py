@@ -80,14 +80,17 @@ def test_keep_best_false_reports_the_last_adapter(saved_model, task, tmp_path):
     last = {k: v for k, v in evals[-1].items() if k != "step"}
     meta = sidecar(tmp_path / "out" / "t")
     assert result.best == pytest.approx(last) and meta["metrics"] == pytest.approx(last)
-    assert meta["steps"] == 6 and meta["source_step"] == 6
+    assert meta["steps"] == 6 and meta["source_step"] == 6 and meta["chosen_by"] == "last step"
+    assert result.source_step == 6 and result.chosen_by == "last step"
 
 
 def test_keep_best_records_the_source_step(saved_model, task, tmp_path):
     result = run(saved_model, task, tmp_path / "out", **{"optim.lr": 0.0, "train.max_steps": 30,
                                                          "train.early_stopping_patience": 1})
     meta = sidecar(tmp_path / "out" / "t")
-    assert result.steps == meta["steps"] == 6 and meta["source_step"] == 3
+    # steps: how far the run trained; source_step: the (earlier) step whose adapter final/ holds, and why
+    assert result.steps == meta["steps"] == 6 and meta["source_step"] == result.source_step == 3
+    assert meta["chosen_by"] == result.chosen_by == "best eval_loss"
     assert meta["metrics"]["eval_loss"] == pytest.approx(result.best["eval_loss"]) and "test_loss" in meta["metrics"]
 
 
@@ -106,6 +109,7 @@ def test_resume_after_early_stopping_does_not_train_again(saved_model, task, tmp
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in final.rglob("*") if p.is_file()} == before
     assert again.steps == first.steps == 6 and [p.name for p in list_checkpoints(final.parent)][-1] == "step_000006"
     assert again.best == pytest.approx(first.best) and again.test == pytest.approx(first.test)
+    assert (again.source_step, again.chosen_by) == (first.source_step, first.chosen_by) == (3, "best eval_loss")
     assert torch.equal(again.model.prompt.prompt, first.model.prompt.prompt)
 
 
@@ -254,6 +258,8 @@ def test_resume_to_new_max_steps_rewrites_config(saved_model, task, tmp_path):
 
     written = yaml.safe_load((tmp_path / "out" / "t" / "config.yaml").read_text())
     assert written["train"]["max_steps"] == 5 and written["train"]["log_every"] == 2
+    recorded = sidecar(tmp_path / "out" / "t")["config"]  # what `softprompt eval` reads: the same config
+    assert recorded["train"]["max_steps"] == 5 and recorded == written
 
 
 # 9. damaged checkpoints

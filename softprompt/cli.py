@@ -136,8 +136,8 @@ def cmd_demo(args) -> int:
         return 0
     before = result.before.get("test_accuracy", result.before.get("eval_accuracy"))
     after = result.test.get("test_accuracy", result.best.get("eval_accuracy"))
-    print(f"\ntrainable parameters: {result.trainable_parameters:,} (the prompt: "
-          f"{cfg.prompt.num_virtual_tokens} x {result.trainable_parameters // cfg.prompt.num_virtual_tokens})")
+    print(f"\nthe prompt: {cfg.prompt.num_virtual_tokens} x {result.trainable_parameters // cfg.prompt.num_virtual_tokens}"
+          " trainable parameters; the base model stays frozen")
     print(f"held-out accuracy before prompt tuning: {before:.1%}")
     print(f"held-out accuracy after prompt tuning:  {after:.1%}  (test split, {result.steps} steps)")
     return 0

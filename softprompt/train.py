@@ -390,8 +390,12 @@ def check_resumable(old: dict | None, cfg: Config, ckpt: Path) -> None:
     state (prompt shape, optimizer moments, data position) belongs to the config it recorded."""
     if old is None:  # written before checkpoints recorded their config: nothing to compare
         return
-    # a key the checkpoint's config lacks was added to softprompt after it was written: it ran with the default
-    before, now = {**flat(to_dict(Config())), **flat(old)}, flat(to_dict(cfg))
+    before, now = flat(old), flat(to_dict(cfg))
+    # a key the checkpoint's config lacks (and no section of it holds) was added to softprompt after it was
+    # written: that run had the key's default
+    for key, value in flat(to_dict(Config())).items():
+        if key not in before and not any(k.startswith(key + ".") or key.startswith(k + ".") for k in before):
+            before[key] = value
     changed = [k for k in sorted(before.keys() | now.keys())
                if k not in RESUMABLE and before.get(k, "<unset>") != now.get(k, "<unset>")]
     if changed:

@@ -289,3 +289,17 @@ def test_damaged_checkpoint_is_one_error(saved_model, trained_once, tmp_path, na
                                                                   "train.eval_every": 100})
     message = str(err.value)
     assert name in message and "step_000002" in message and "delete" in message and "\n" not in message
+
+
+def test_a_checkpoint_from_before_a_key_existed_still_resumes(saved_model, task, tmp_path):
+    """A checkpoint written before a config key was added (its recorded config lacks it) resumes when the
+    recipe leaves that key at its default, and is refused when the recipe sets it otherwise."""
+    run(saved_model, task, tmp_path / "out", **{"train.max_steps": 3, "train.save_every": 3})
+    meta_file = tmp_path / "out" / "t" / "step_000003" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    for key in ("validation_fraction", "split_seed"):  # keys newer than such a checkpoint
+        del meta["config"]["data"][key]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(SoftPromptError, match=r"data.split_seed \(0 -> 7\)"):
+        run(saved_model, task, tmp_path / "out", resume=True, **{"train.max_steps": 4, "data.split_seed": 7})
+    assert run(saved_model, task, tmp_path / "out", resume=True, **{"train.max_steps": 4}).steps == 4

@@ -46,7 +46,7 @@ def checkpoint_config(resume: str, overrides: list[str]):
     run dir the checkpoint lies in (the run may have moved since)."""
     from softprompt.checkpoint import read_meta
     from softprompt.config import config_with
-    from softprompt.train import find_checkpoint
+    from softprompt.run_dir import find_checkpoint
 
     ckpt = find_checkpoint(Path(resume))
     config = read_meta(ckpt).get("config")

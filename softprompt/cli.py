@@ -1,6 +1,6 @@
 """Command line: `softprompt train|demo|eval|generate|export|budget`.
 
-    softprompt demo                                   # the embedded default, offline, ~1-2 min on CPU
+    softprompt demo                                   # the embedded default, offline, ~15 s of training on a CPU
     softprompt train recipes/debug/tiny-causal.yaml train.max_steps=20 --resume
     softprompt train --resume checkpoints/RUN         # continue a run with its own config
     softprompt eval checkpoints/demo/final --split validation   # the run's own config and data

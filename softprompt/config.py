@@ -90,8 +90,10 @@ class TrainConfig:
     eval_every: int = 50
     save_every: int = 100
     keep_checkpoints: int = 2
-    metric: str = "eval_loss"  # any logged eval metric: eval_loss, eval_accuracy, ...
-    greater_is_better: bool | None = None  # None: from the metric's name (loss/ppl/perplexity: lower is better)
+    # the eval metric that picks final/'s adapter (eval_loss, eval_accuracy, eval_macro_f1, ...); None: the
+    # objective's default (lm: eval_loss; classify: eval_macro_f1, PTEC's selection metric)
+    metric: str | None = None
+    greater_is_better: bool | None = None  # None: the objective's rule (losses and perplexity: lower is better)
     keep_best: bool = True  # final/ holds the best adapter by `metric`, else the last
     early_stopping_patience: int | None = None  # evals without improvement before stopping
     # Extra loggers through accelerate (wandb: offline without an API key; tensorboard); none unless asked for.
@@ -381,9 +383,10 @@ def validate(cfg: Config) -> None:
     for key in ("data.source_template", "data.target_template"):
         template_fields(_get(cfg, key), key)
     _check_data(cfg.data)
-    check = PROMPTS[cfg.prompt.type].check
-    if check is not None:
-        check(cfg.prompt, cfg)
+    for section, table in (("prompt", PROMPTS), ("objective", OBJECTIVES)):  # checks across sections
+        check = table[getattr(cfg, section).type].check
+        if check is not None:
+            check(getattr(cfg, section), cfg)
     if cfg.data.max_target_length >= cfg.data.max_length:
         raise ConfigError("data.max_target_length: must be smaller than data.max_length")
     for tracker in cfg.train.trackers:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 FIGSIZE = (8.0, 8.5)  # inches; fixed, whatever the number of metrics
 DPI = 100
+MAX_METRICS = 4  # metrics drawn in the metrics panel, the selection metric first
 PERPLEXITY = {"ppl", "perplexity"}  # exp(loss): redundant beside the loss itself
 SKIPPED = {"tokens_per_s"}  # throughput says nothing about the curves; it stays in metrics.jsonl
 LOSS_COLORS = {"train": "C0", "eval": "C1"}
@@ -59,6 +60,10 @@ def draw_curves(history: list[dict], *, title: str = "", metric: str | None = No
               and not (has_loss and base(k) in PERPLEXITY)]
     # curves before test markers, the selection metric's first (it gets the first colour and heads the legend)
     others.sort(key=lambda k: (k.startswith("test_"), base(k) != base(metric or ""), base(k), k))
+    # An objective may report many metrics (classification: P/R/F1/Jaccard by four averagings); a readable
+    # panel holds the selection metric and a few more, each with its test markers.
+    kept = list(dict.fromkeys(base(k) for k in others))[:MAX_METRICS]
+    others = [k for k in others if base(k) in kept]
     panels = [("loss", losses, 3.0), ("metrics", others, 3.0), ("lr", ["lr"] if "lr" in names else [], 1.2),
               ("grad_norm", ["grad_norm"] if "grad_norm" in names else [], 1.2)]
     panels = [p for p in panels if p[1]]

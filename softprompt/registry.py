@@ -2,7 +2,7 @@
 
 Four kinds of component, each a file with its frozen config and paper link:
 - PROMPTS: how the virtual rows are produced (layers/): plain, DePT, a bank;
-- OBJECTIVES: what they are trained for (objectives/): text-to-text LM;
+- OBJECTIVES: what they are trained for (objectives/): text-to-text LM, classification;
 - HEADS: a trainable module on aligned hidden states (heads.py);
 - the base loader is `loading.load_base`, whose `ModelConfig` records quantization and placement.
 A method (METHODS) is a preset naming one of each. Adding a method is a file plus a line here.
@@ -19,7 +19,8 @@ from softprompt.layers import bank, dept, plain
 from softprompt.methods import Preset
 from softprompt.methods import dept as dept_method
 from softprompt.methods import prompt_tuning
-from softprompt.objectives import lm
+from softprompt.methods import ptec
+from softprompt.objectives import classify, lm
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ PROMPTS: dict[str, Component] = {
 
 OBJECTIVES: dict[str, Component] = {
     "lm": Component(lm.LMConfig, lm.build),
+    "classify": Component(classify.ClassifyConfig, classify.build, check=classify.check),
 }
 
 HEADS: dict[str, Component] = {
@@ -48,6 +50,7 @@ HEADS: dict[str, Component] = {
 METHODS: dict[str, Preset] = {
     "prompt_tuning": prompt_tuning.PRESET,
     "dept": dept_method.PRESET,
+    "ptec": ptec.PRESET,
 }
 
 

@@ -15,6 +15,7 @@ ranks, hence the `world`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -72,15 +73,16 @@ def train(cfg: Config, resume: bool | str | Path = False, overwrite: bool = Fals
 
 def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: threading.Event,
            on_accepted: Callable[[], None]) -> RunResult:
+    # input checks that need no model: they fail before anything is written
+    objective = build_objective(cfg)
+    if cfg.train.metric is None:  # the objective's selection metric; config.yaml and checkpoints record it
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, metric=objective.default_metric))
     tc = cfg.train
+    check_metric(objective, tc)
     run_dir = Path(tc.output_dir) / tc.run_name
     accelerator = build_accelerator(cfg, run_dir)
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
-
-    # input checks that need no model: they fail before anything is written
-    objective = build_objective(cfg)
-    check_metric(objective, tc)
     ckpt = checkpoint_to_resume(run_dir, resume, overwrite) if resume else None
     if ckpt is not None:
         check_resumable(read_meta(ckpt).get("config"), cfg, ckpt)

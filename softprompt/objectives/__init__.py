@@ -29,6 +29,8 @@ class Objective(Protocol):
 
     def metric_names(self) -> list[str]: ...  # what evaluate() returns, known before any model is built
 
+    default_metric: str  # what selects final/'s adapter when train.metric is not set
+
     def greater_is_better(self, metric: str) -> bool: ...
 
     def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]: ...

@@ -89,6 +89,8 @@ class TextToText:
     def metric_names(self) -> list[str]:
         return ["eval_loss", "eval_ppl"] + (["eval_accuracy"] if self.cfg.generate_eval else [])
 
+    default_metric = "eval_loss"
+
     def greater_is_better(self, metric: str) -> bool:
         return not any(word in metric.lower() for word in ("loss", "ppl", "perplexity"))  # accuracy: higher
 

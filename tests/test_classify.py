@@ -1,0 +1,172 @@
+"""The classification objective (PTEC, objectives/classify.py): data layouts, the pos_weight formula,
+pooling of the last real token, joint training of prompt and head through the loop (plain and DePT
+prompts), and the metrics."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import build_model
+from softprompt.config import load_config
+from softprompt.errors import ConfigError, SoftPromptError
+from softprompt.heads import LinearHead
+from softprompt.layers import PromptEmbedding
+from softprompt.model import SoftPromptModel
+
+LABELS = ["red", "green", "blue"]
+WORDS = ["apple", "grass", "sky", "cherry", "leaf", "sea", "rose", "moss", "ice"]
+COLOUR = {"apple": "red", "cherry": "red", "rose": "red", "grass": "green", "leaf": "green", "moss": "green",
+          "sky": "blue", "sea": "blue", "ice": "blue"}
+
+
+def write_multilabel(root: Path, n: int = 48) -> Path:
+    """PTEC's layout: a text column and one 0/1 column per label; rows have one or two colours."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n + 24):
+        words = [WORDS[i % 9]] + ([WORDS[(i * 4 + 1) % 9]] if i % 3 == 0 else [])
+        row = {"text": " and ".join(words)}
+        row.update({c: int(any(COLOUR[w] == c for w in words)) for c in LABELS})
+        rows.append(row)
+    for name, part in {"train": rows[:n], "validation": rows[n:n + 12], "test": rows[n + 12:]}.items():
+        (root / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return root
+
+
+def ptec_overrides(model_dir: str, data: Path, out: Path, **extra) -> list[str]:
+    values = {
+        "method": "ptec", "model.name_or_path": model_dir, "data.path": str(data), "data.source_template": "{text}",
+        "objective.labels": "[red, green, blue]", "head.num_outputs": 3, "head.lr": 0.05,
+        "prompt.num_virtual_tokens": 4, "optim.lr": 0.05, "train.output_dir": str(out), "train.run_name": "c",
+        "train.max_steps": 16, "train.batch_size": 8, "train.eval_every": 8, "train.save_every": 8,
+        "train.log_every": 4, "train.progress_bar": "false", **extra}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def test_pos_weight_is_max_count_over_count(tmp_path, tokenizer):
+    from softprompt.build import build_objective
+    from softprompt.data import load_split
+
+    data = write_multilabel(tmp_path / "d")
+    cfg = load_config(None, ptec_overrides("demo", data, tmp_path))
+    objective = build_objective(cfg)
+    items = objective.encode(load_split(str(data), "train"), tokenizer, cfg.data, "causal", "train")
+    counts = np.array([[it["target"][j] for it in items] for j in range(3)]).sum(1)  # independently counted
+    assert torch.allclose(objective.pos_weight, torch.tensor(counts.max() / counts, dtype=torch.float32))
+    assert objective.pos_weight.min() == 1.0 and objective.pos_weight.max() > 1.0  # the data is unbalanced
+
+
+def test_list_and_index_layouts_give_the_same_targets(tmp_path, tokenizer):
+    from datasets import Dataset
+
+    from softprompt.objectives.classify import ClassifyConfig, Classification
+
+    rows = [{"text": "apple", "labels": ["red"], "label": 0}, {"text": "sea and moss", "labels": ["blue", "green"], "label": 2}]
+    data_cfg = load_config(None, ["data.source_template={text}"]).data
+    as_list = Classification(ClassifyConfig(labels=tuple(LABELS), label_format="list"))
+    targets = [it["target"] for it in as_list.encode(Dataset.from_list(rows), tokenizer, data_cfg, "causal", "train")]
+    assert targets == [[1, 0, 0], [0, 1, 1]]
+    as_index = Classification(ClassifyConfig(labels=tuple(LABELS), label_format="index", label_column="label",
+                                             multi_label=False))
+    assert [it["target"] for it in as_index.encode(Dataset.from_list(rows), tokenizer, data_cfg, "causal", "train")] == [0, 2]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"text": "a", "labels": ["purple"]}], r"label\(s\) \['purple'\] are not in objective.labels"),
+    ([{"text": "a", "red": 2, "green": 0, "blue": 0}], r"label column 'red' holds 2"),
+    ([{"text": "a", "red": 1, "green": 0}], r"\['blue'\] are not columns"),
+    ([{"text": "a", "red": 1, "green": 0, "blue": 0}, {"text": "b", "red": 1, "green": 0, "blue": 0}],
+     r"label\(s\) \['green', 'blue'\] never occur in the 'train' split"),
+    ([{"text": None, "red": 1, "green": 1, "blue": 1}], r"train row 0 has no value for column\(s\) \['text'\]"),
+])
+def test_bad_label_data_is_one_clear_error(rows, message, tokenizer):
+    from datasets import Dataset
+
+    from softprompt.objectives.classify import ClassifyConfig, Classification
+
+    fmt = "list" if "labels" in rows[0] else "columns"
+    objective = Classification(ClassifyConfig(labels=tuple(LABELS), label_format=fmt))
+    data_cfg = load_config(None, ["data.source_template={text}"]).data
+    with pytest.raises(SoftPromptError, match=message):
+        objective.encode(Dataset.from_list(rows), tokenizer, data_cfg, "causal", "train")
+
+
+@pytest.mark.parametrize("items, message", [
+    (["method=ptec", "head.num_outputs=3"], r"objective.labels: the classify objective needs the label names"),
+    (["method=ptec", "objective.labels=[a, b, c]", "head.num_outputs=2"], r"head.num_outputs: 2, but objective.labels has 3"),
+    (["objective.type=classify", "objective.labels=[a, b]"], r"head: the classify objective scores a head"),
+    (["method=ptec", "objective.labels=[a, a]"], r"names repeat"),
+    (["method=ptec", "objective.labels=[a, b]", "objective.label_format=index"], r"set objective.multi_label: false"),
+])
+def test_config_errors(items, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, items)
+
+
+@pytest.mark.parametrize("execution", ["shared_prefix", "concat"])
+def test_scores_pool_the_last_real_token_under_either_padding(execution, tokenizer):
+    base = build_model("llama", len(tokenizer))
+    head = LinearHead(base.config.hidden_size, 3, "last", generator=torch.Generator().manual_seed(0))
+    model = SoftPromptModel(base, PromptEmbedding(torch.randn(4, base.config.hidden_size)), tokenizer, "causal",
+                            execution=execution, head=head).eval()
+    texts = ["apple and sea", "moss", "the sky is blue today"]
+    with torch.no_grad():
+        scores = {}
+        for side in ("right", "left"):
+            tokenizer.padding_side = side
+            enc = tokenizer(texts, return_tensors="pt", padding=True)
+            scores[side] = model(enc["input_ids"], enc["attention_mask"], output="scores").scores
+        tokenizer.padding_side = "right"
+        alone = torch.cat([model(tokenizer([t], return_tensors="pt")["input_ids"], output="scores").scores for t in texts])
+    torch.testing.assert_close(scores["left"], scores["right"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scores["right"], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prompt_type", ["plain", "dept"])
+def test_ptec_trains_prompt_and_head_only(prompt_type, saved_model, tmp_path):
+    from softprompt import train
+
+    data = write_multilabel(tmp_path / "d")
+    extra = {"method": "null", "objective.type": "classify", "head.type": "linear"} if prompt_type == "dept" else {}
+    if prompt_type == "dept":
+        extra.update({"prompt.type": "dept", "prompt.rank": 2, "prompt.max_length": 32, "data.max_length": 32,
+                      "data.max_target_length": 8})
+    cfg = load_config(None, ptec_overrides(saved_model("llama"), data, tmp_path / "out", **extra))
+    assert cfg.train.metric is None
+    result = train(cfg)
+    trained = {n for n, p in result.model.named_parameters() if p.requires_grad}
+    expected = {"prompt.prompt", "head.proj.weight", "head.proj.bias"}
+    if prompt_type == "dept":
+        expected |= {"prompt.offset.A", "prompt.offset.B"}
+    assert trained == expected
+    meta = json.loads((result.adapter_dir / "softprompt.json").read_text())
+    assert meta["chosen_by"] == "best eval_macro_f1" and meta["head"]["num_outputs"] == 3
+    assert {"eval_macro_f1", "eval_micro_f1", "eval_macro_ap"} <= set(result.best)
+    from softprompt.plots import draw_curves
+
+    figure = draw_curves(result.history, metric="eval_macro_f1", best_step=meta["source_step"])
+    panel = next(ax for ax in figure.axes if ax.get_label() == "metrics")
+    drawn = {line.get_label().split(":")[0] for line in panel.get_lines()}
+    assert "eval_macro_f1" in drawn and len({d.split("_", 1)[-1] for d in drawn if d.startswith("eval_")}) <= 4
+    assert result.history[0]["eval_loss"] > min(h["eval_loss"] for h in result.history if "eval_loss" in h)
+    back = SoftPromptModel.from_adapter(result.adapter_dir)  # prompt and head come back
+    ids = torch.tensor([[5, 6, 7]])
+    torch.testing.assert_close(back.head_outputs(ids).scores, result.model.head_outputs(ids).scores)
+
+
+def test_metrics_against_hand_computed_values():
+    from softprompt.objectives.label_metrics import label_metrics
+
+    gold = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    pred = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 1]])
+    scores = np.array([[.9, .1, .4], [.2, .8, .3], [.7, .4, .1], [.6, .2, .9]])
+    m = label_metrics(gold, pred, scores)
+    # by hand: TP per label (2, 1, 1), FP (1, 0, 0), FN (0, 1, 1)
+    assert m["eval_micro_precision"] == pytest.approx(4 / 5) and m["eval_micro_recall"] == pytest.approx(4 / 6)
+    f1 = [2 * 2 / (2 * 2 + 1 + 0), 2 * 1 / (2 * 1 + 0 + 1), 2 * 1 / (2 * 1 + 0 + 1)]
+    assert m["eval_macro_f1"] == pytest.approx(sum(f1) / 3)
+    assert m["eval_precision_at_1"] == pytest.approx((1 + 1 + 1 + 1) / 4)  # each row's top score is a gold label
+    assert m["eval_avg_predicted_labels"] == pytest.approx(5 / 4) and m["eval_avg_gold_labels"] == pytest.approx(6 / 4)

@@ -134,8 +134,10 @@ MOVED = {
 }
 
 
-def from_dict(data: dict | None) -> Config:
-    data = _move_legacy_keys(dict(data or {}))
+def from_dict(data: dict | None, warn_moved: bool = True) -> Config:
+    """A Config from a recipe dict (never changed: moved keys are rewritten in a copy). `warn_moved`: log
+    the keys that moved (off where an old run's recorded config is read back, e.g. on resume)."""
+    data = _move_legacy_keys(copy.deepcopy(dict(data or {})), warn_moved)
     name = _method_name(data.pop("method", None))
     preset = lookup(METHODS, name, "method.name") if name is not None else None
     sections = {}
@@ -148,6 +150,9 @@ def from_dict(data: dict | None) -> Config:
             sections[section] = None  # no head
             continue
         values = dict(_mapping(values if values is not None else {}, section))
+        if preset is not None and wanted is None and default is None:  # e.g. a head under a preset that has none
+            raise ConfigError(f"{section}: method {name!r} has no {section}; drop the {section} section, or drop "
+                              "the method and set the sections' types yourself")
         given = values.pop("type", None)
         if preset is not None and given is not None and given != wanted:
             raise ConfigError(f"{section}.type: {given!r} conflicts with method {name!r}, which uses "
@@ -192,7 +197,7 @@ def _method_name(method: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _move_legacy_keys(data: dict) -> dict:
+def _move_legacy_keys(data: dict, warn: bool = True) -> dict:
     """Apply MOVED to a raw recipe dict (after overrides), warning once per key."""
     for old, new in MOVED.items():
         old_section, old_key = old.split(".")
@@ -207,7 +212,8 @@ def _move_legacy_keys(data: dict) -> dict:
             raise ConfigError(f"{old}: moved to {new}, which is also set; keep {new} only")
         data[old_section] = {k: v for k, v in section.items() if k != old_key}
         target[new_key] = section[old_key]
-        log.warning("config: %s is now %s; the recipe still works, but update it", old, new)
+        if warn:
+            log.warning("config: %s is now %s; the recipe still works, but update it", old, new)
     return data
 
 

@@ -35,7 +35,7 @@ class Component:
 PROMPTS: dict[str, Component] = {
     "plain": Component(plain.PromptConfig, plain.build, plain.param_groups, plain.restore),
     "dept": Component(dept.DeptConfig, dept.build, dept.param_groups, dept.restore, dept.check),
-    "bank": Component(bank.BankConfig, bank.build, bank.param_groups, bank.restore),
+    "bank": Component(bank.BankConfig, bank.build, bank.param_groups, bank.restore, bank.check),
 }
 
 OBJECTIVES: dict[str, Component] = {

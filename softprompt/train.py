@@ -30,9 +30,9 @@ import torch
 
 from softprompt.checkpoint import load_checkpoint, load_trainable_state, read_meta, save_checkpoint, trainable_state
 from softprompt.build import build_model, build_objective, param_groups
-from softprompt.config import Config, to_dict
+from softprompt.config import Config, from_dict, to_dict
 from softprompt.data import BatchStream, load_splits
-from softprompt.errors import SoftPromptError
+from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.layers import fused
 from softprompt.loading import load_base
 from softprompt.plots import plot_curves
@@ -319,12 +319,13 @@ def check_resumable(old: dict | None, cfg: Config, ckpt: Path) -> None:
     state (prompt shape, optimizer moments, data position) belongs to the config it recorded."""
     if old is None:  # written before checkpoints recorded their config: nothing to compare
         return
-    before, now = flat(old), flat(to_dict(cfg))
-    # a key the checkpoint's config lacks (and no section of it holds) was added to softprompt after it was
-    # written: that run had the key's default
-    for key, value in flat(to_dict(Config())).items():
-        if key not in before and not any(k.startswith(key + ".") or key.startswith(k + ".") for k in before):
-            before[key] = value
+    # read back as today's config: keys that moved since are where they are now, keys added since hold
+    # their defaults (what that run had); a recorded config this version cannot read is compared as written
+    try:
+        before = flat(to_dict(from_dict(old, warn_moved=False)))
+    except ConfigError:
+        before = flat(old)
+    now = flat(to_dict(cfg))
     changed = [k for k in sorted(before.keys() | now.keys())
                if k not in RESUMABLE and before.get(k, "<unset>") != now.get(k, "<unset>")]
     if changed:

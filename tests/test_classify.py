@@ -170,3 +170,21 @@ def test_metrics_against_hand_computed_values():
     assert m["eval_macro_f1"] == pytest.approx(sum(f1) / 3)
     assert m["eval_precision_at_1"] == pytest.approx((1 + 1 + 1 + 1) / 4)  # each row's top score is a gold label
     assert m["eval_avg_predicted_labels"] == pytest.approx(5 / 4) and m["eval_avg_gold_labels"] == pytest.approx(6 / 4)
+
+
+HATESPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hatespeech"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HATESPEECH.is_dir(), reason="the shared HateSpeech data is not beside the repo")
+def test_ptec_recipe_runs_on_the_released_hatespeech_data(tmp_path):
+    """The PTEC recipe reads the PTEC repo's files as released (22 label columns, the `prompt` column)."""
+    from softprompt import train
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "ptec" / "demo_hatespeech.yaml"
+    cfg = load_config(recipe, [f"data.path={HATESPEECH}", f"train.output_dir={tmp_path}", "train.max_steps=4",
+                               "train.eval_every=4", "train.save_every=4",
+                               "data.max_eval_samples=48", "train.progress_bar=false"])
+    result = train(cfg)
+    assert result.steps == 4 and result.chosen_by == "best eval_macro_f1"
+    assert 0 <= result.test["test_macro_f1"] <= 1 and "test_micro_f1" in result.test

@@ -119,6 +119,16 @@ def test_bank_generate_per_row_prompts(tokenizer):
         assert torch.equal(cached[b], own[0])
 
 
+@pytest.mark.parametrize("execution", ["concat", "shared_prefix"])
+@pytest.mark.parametrize("bad, message", [([-1, 0, 0, 1], r"-1 is not a prompt"), ([0, 2, 0, 1], r"2 is not a prompt"),
+                                          ([0.0, 1.0, 0.0, 1.0], r"integer prompt numbers")])
+def test_bank_refuses_an_index_out_of_range_on_both_paths(execution, bad, message):
+    model = bank_model(execution=execution)
+    ids, mask, _ = rows()
+    with pytest.raises(SoftPromptError, match=message):
+        model(ids, mask, prompt_index=torch.tensor(bad))
+
+
 def test_bank_needs_an_index_and_a_plain_prompt_refuses_one():
     model = bank_model()
     ids, mask, index = rows()
@@ -266,13 +276,15 @@ def test_sections_and_presets():
     cfg = load_config(None, ["method=dept", "prompt.rank=4", "prompt.max_length=256"])
     assert cfg.prompt.type == "dept" and cfg.prompt.rank == 4 and cfg.objective.type == "lm"
     assert load_config(None, ["method=null", "prompt.type=dept"]).method.name == "dept"  # the preset it amounts to
-    bank = load_config(None, ["method=null", "prompt.type=bank", "prompt.num_prompts=3"])
-    assert bank.prompt.num_prompts == 3 and bank.method.name is None
     assert load_config(None, ["method.name=dept"]).prompt.type == "dept"
     assert to_dict(load_config(None, ["method=dept"]))["method"] == {"name": "dept"}
-    again = load_config(None, [f"{k}={v}" for k, v in {"method": "null", "prompt.type": "bank"}.items()])
     from softprompt.config import from_dict
-    assert from_dict(to_dict(again)) == again  # what config.yaml holds reads back the same
+    for items in (["method=dept"], ["prompt.type=dept", "objective.generate_eval=false"], []):
+        cfg = load_config(None, items)
+        assert from_dict(to_dict(cfg)) == cfg  # what config.yaml holds reads back the same
+    # a bank needs each row's prompt number, which no objective supplies yet: refused before anything loads
+    with pytest.raises(ConfigError, match="prompt.type: bank needs each row's prompt number"):
+        load_config(None, ["prompt.type=bank", "prompt.num_prompts=3"])
 
 
 @pytest.mark.parametrize("items, message", [
@@ -286,6 +298,8 @@ def test_sections_and_presets():
     (["method.rank=4", "method.name=dept", "prompt.rank=5"], r"method.rank: moved to prompt.rank, which is also set"),
     (["method.name=dept", "method.foo=1"], r"method: unknown key\(s\) \['foo'\]"),
     (["objective.max_new_tokens=0"], r"objective.max_new_tokens: must be > 0"),
+    (["method=prompt_tuning", "head.pooling=mean"], r"head: method 'prompt_tuning' has no head"),
+    (["prompt.type=bank", "prompt.init=text", "prompt.init_text=hi"], r"a bank needs 4 distinct"),
 ])
 def test_section_errors(items, message):
     with pytest.raises(ConfigError, match=message):
@@ -468,3 +482,22 @@ def test_causal_token_loss_is_the_same_for_either_padding_side(execution):
     assert int(left.num_tokens) == int(right.num_tokens) == int(mask.sum()) - ids.shape[0]
     torch.testing.assert_close(left.loss_sum, right.loss_sum, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(right.loss_sum, alone_sum, rtol=1e-5, atol=1e-5)
+
+
+def test_a_checkpoint_recorded_before_keys_moved_resumes(tmp_path):
+    """A run recorded with method.rank and train.generate_eval (before they moved to prompt.* and
+    objective.*) resumes under the same recipe written either way; a real change is still refused."""
+    from softprompt.train import check_resumable
+
+    cfg = load_config(None, ["method=dept", "prompt.rank=4", "prompt.max_length=256"])
+    old = to_dict(cfg)
+    old["method"] = {"name": "dept", **{k: old["prompt"].pop(k) for k in ("rank", "max_length", "alpha", "offset_lr",
+                                                                        "offset_weight_decay", "fixed_length", "overflow")}}
+    del old["prompt"]["type"]
+    old["train"].update({k: old["objective"].pop(k) for k in ("generate_eval", "max_new_tokens")})
+    del old["objective"], old["head"]
+    for key in ("quantization", "device_map"):  # added to model since
+        del old["model"][key]
+    check_resumable(old, cfg, tmp_path)  # nothing changed
+    with pytest.raises(SoftPromptError, match=r"prompt.rank \(4 -> 5\)"):
+        check_resumable(old, load_config(None, ["method=dept", "prompt.rank=5", "prompt.max_length=256"]), tmp_path)

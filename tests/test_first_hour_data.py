@@ -181,3 +181,12 @@ def test_a_null_cell_is_named_by_its_row_in_the_file_before_carving(tmp_path):
     rows[13]["source"] = None
     with pytest.raises(SoftPromptError, match="train row 13 has no value"):
         load_splits(DataConfig(path=write_jsonl(tmp_path / "my.jsonl", rows), validation_fraction=0.2))
+
+
+def test_eval_split_validation_reaches_the_carved_rows_when_eval_split_is_null(tmp_path):
+    """data.eval_split: null with a fraction (what the missing-split message suggests) still evaluates the
+    carved rows with --split validation, as without --split."""
+    path = write_jsonl(tmp_path / "one.jsonl", ROWS)
+    cfg = DataConfig(path=path, eval_split=None, test_split=None, validation_fraction=0.25)
+    held = sources(load_splits(cfg)["eval"][1])
+    assert sources(load_eval_split(cfg, "validation")[1]) == held == sources(load_eval_split(cfg)[1])

@@ -58,7 +58,10 @@ def load_eval_split(data_cfg, split: str | None = None) -> tuple[str, object]:
     """The (split, rows) that `softprompt eval` scores: `split` when given, else the test split, else the eval
     split. With data.validation_fraction the eval split (also when `split` names data.eval_split) is the
     rows training carved from the train split: the same rows, fraction and seed carve the same rows."""
-    carved = bool(split and data_cfg.validation_fraction and split == data_cfg.eval_split)
+    # the carved rows answer to data.eval_split's name, to "validation" (what the eval_split null case calls
+    # them) and to the carved split's own name
+    carved_names = {data_cfg.eval_split or "validation", CARVED.format(train=data_cfg.train_split)}
+    carved = bool(split and data_cfg.validation_fraction and split in carved_names)
     if split and not carved:
         return split, _load(data_cfg, split)
     plan = _plan(data_cfg)

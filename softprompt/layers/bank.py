@@ -36,9 +36,10 @@ class BankConfig(PromptConfig):
         super().__post_init__()
         if self.num_prompts < 1:
             raise ConfigError(f"prompt.num_prompts: must be >= 1, got {self.num_prompts}")
-        if self.init == "file":
-            raise ConfigError("prompt.init: 'file' holds one (p, d) prompt; a bank starts from vocab, uniform, text "
-                              "or class_label (or load a saved bank with SoftPromptModel.from_adapter)")
+        if self.init in ("file", "text"):  # one prompt's worth, or K identical prompts: no distinct start
+            raise ConfigError(f"prompt.init: {self.init!r} gives one prompt, and a bank needs {self.num_prompts} distinct "
+                              "ones; start it from vocab, uniform or class_label (or load a saved bank with "
+                              "SoftPromptModel.from_adapter)")
 
 
 class PromptBank(nn.Module):
@@ -75,10 +76,18 @@ class PromptBank(nn.Module):
         if prompt_index is None:
             raise SoftPromptError(f"prompt_index: this model has a bank of {self.num_prompts} prompts and each row needs "
                                   "one; pass prompt_index, a (batch,) tensor of prompt numbers in [0, num_prompts)")
-        prompt_index = torch.as_tensor(prompt_index, device=self.prompts.device).long().reshape(-1)
+        prompt_index = torch.as_tensor(prompt_index).reshape(-1)
+        if prompt_index.dtype.is_floating_point or prompt_index.dtype == torch.bool:
+            raise SoftPromptError(f"prompt_index: got {prompt_index.dtype} values; give integer prompt numbers in "
+                                  f"[0, {self.num_prompts})")
         if prompt_index.shape[0] != batch:
             raise SoftPromptError(f"prompt_index: {prompt_index.shape[0]} entries for a batch of {batch} rows; give one per row")
-        return prompt_index  # (B,)
+        # one host sync: an index out of range would be a raw IndexError, or on concatenation a silent wrap of -1
+        low, high = int(prompt_index.min()), int(prompt_index.max())
+        if low < 0 or high >= self.num_prompts:
+            raise SoftPromptError(f"prompt_index: {low if low < 0 else high} is not a prompt of this bank; give numbers "
+                                  f"in [0, {self.num_prompts})")
+        return prompt_index.to(self.prompts.device).long()  # (B,)
 
     def version(self) -> tuple:
         return (self.prompts._version, self.prompts.data_ptr())
@@ -128,6 +137,14 @@ def build(cfg: BankConfig, table: torch.Tensor, tokenizer, kind: str, seed: int)
     generator = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else seed)
     prompts = [initial_prompt(cfg, table, tokenizer, seed, generator) for _ in range(cfg.num_prompts)]
     return PromptBank(torch.stack(prompts), kernel=cfg.kernel)  # (K, p, D)
+
+
+def check(cfg: BankConfig, full) -> None:
+    """A bank needs each row's prompt number, and no objective supplies one yet (dynamic selection, which
+    computes it from the input, comes with IDP): refuse the recipe before anything loads or is written."""
+    raise ConfigError(f"prompt.type: bank needs each row's prompt number, which objective {full.objective.type!r} does "
+                      "not supply (a selector that computes it comes with dynamic prompting); use a bank from the "
+                      "library: SoftPromptModel(base, PromptBank(prompts))(..., prompt_index=...)")
 
 
 def param_groups(source: PromptBank, cfg: BankConfig, optim) -> list[dict]:

@@ -394,7 +394,7 @@ CASES = [
     # --- components --------------------------------------------------------------------------------------------
     Case("prompt type unknown", override("prompt.type=lora"), "prompt.type"),
     Case("prompt type against its method", override("method=dept", "prompt.type=bank"), "conflicts with method"),
-    Case("objective type unknown", override("objective.type=classify"), "objective.type"),
+    Case("objective type unknown", override("objective.type=regress"), "objective.type"),
     Case("head on the lm objective", override("head.num_outputs=2"), "head"),
     Case("bank of zero prompts", override("prompt.type=bank", "prompt.num_prompts=0"), "prompt.num_prompts"),
     Case("moved key given twice", override("method.name=dept", "method.rank=4", "prompt.rank=4"), "moved to prompt.rank"),

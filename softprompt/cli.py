@@ -1,4 +1,4 @@
-"""Command line: `softprompt train|demo|eval|generate|export|budget`.
+"""Command line: `softprompt train|demo|eval|generate|classify|export|budget`.
 
     softprompt demo                                   # the embedded default, offline, ~15 s of training on a CPU
     softprompt train recipes/debug/tiny-causal.yaml train.max_steps=20 --resume
@@ -212,6 +212,37 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_classify(args) -> int:
+    """Per-label probabilities and decisions from a classify run's adapter: one forward per batch."""
+    from softprompt.config import config_with
+    from softprompt.export import load_adapter
+    from softprompt.objectives.classify import classify_texts
+
+    texts = list(args.texts)
+    if args.file:
+        from softprompt.textfile import read_utf8
+
+        texts += [line for line in read_utf8(Path(args.file), "--file").splitlines() if line.strip()]
+    if not texts:
+        raise SoftPromptError("classify: no texts; give TEXTS on the command line or --file with one text per line")
+    config, _ = run_config(args.adapter)
+    if config is None:
+        raise SoftPromptError(f"classify: {args.adapter} records no run config (softprompt.json or config.yaml beside "
+                              "it), so its labels are unknown; point at a classify run's final/")
+    cfg = config_with(config, [])
+    if cfg.objective.type != "classify":
+        raise SoftPromptError(f"classify: {args.adapter} was trained with objective {cfg.objective.type!r}, not "
+                              "classify; use softprompt generate for text-to-text adapters")
+    model = load_adapter(args.adapter)
+    for p in classify_texts(model, texts, cfg.objective, cfg.data.source_template, cfg.train.eval_batch_size):
+        if args.json:
+            print(json.dumps({"text": p.text, "labels": p.labels, "probabilities": p.probabilities}))
+        else:
+            top = ", ".join(f"{k} {v:.3f}" for k, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3])
+            print(f"{'; '.join(p.labels) or '(none)'}\t{p.text}\t(top: {top})")
+    return 0
+
+
 def cmd_export(args) -> int:
     """Turn a checkpoint (step_NNNNNN/) into an adapter dir. Everything is checked before anything is written."""
     from softprompt.export import export_checkpoint
@@ -319,6 +350,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=positive_int, default=20, metavar="N",
                    help="tokens to generate per text (default 20)")
     p.set_defaults(fn=cmd_generate)
+    p = command("classify", "label texts with a classify run's adapter (a probability per label)",
+                "softprompt classify ADAPTER [TEXTS ...] [--file F] [--json]")
+    p.add_argument("adapter", metavar="ADAPTER", help="a classify run's final/ (its labels and template come from the run)")
+    p.add_argument("texts", nargs="*", metavar="TEXTS", help="texts to label")
+    p.add_argument("--file", default=None, metavar="F", help="a UTF-8 file with one text per line (after TEXTS)")
+    p.add_argument("--json", action="store_true", help="one JSON object per text: its labels and every probability")
+    p.set_defaults(fn=cmd_classify)
     p = command("export", "write an adapter dir (PEFT + serving) from a checkpoint")
     p.add_argument("checkpoint", help="a run's checkpoint dir, checkpoints/RUN/step_NNNNNN")
     p.add_argument("out", help="the adapter dir to create (new or empty)")

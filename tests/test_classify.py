@@ -188,3 +188,38 @@ def test_ptec_recipe_runs_on_the_released_hatespeech_data(tmp_path):
     result = train(cfg)
     assert result.steps == 4 and result.chosen_by == "best eval_macro_f1"
     assert 0 <= result.test["test_macro_f1"] <= 1 and "test_micro_f1" in result.test
+
+
+@pytest.mark.slow
+def test_classify_texts_and_the_cli_give_the_trained_heads_probabilities(saved_model, tmp_path):
+    """One forward per batch, no generation: the library call equals the head's own sigmoid on each text
+    alone, and `softprompt classify` (a real process) prints the same labels from the run's config."""
+    import subprocess
+    import sys
+
+    from softprompt import train
+    from softprompt.objectives.classify import classify_texts
+
+    data = write_multilabel(tmp_path / "d")
+    cfg = load_config(None, ptec_overrides(saved_model("llama"), data, tmp_path / "out", **{"train.max_steps": 4}))
+    result = train(cfg)
+    texts = ["apple and sea", "moss", "the sky"]
+    generate_calls = []
+    result.model.base.generate = lambda *a, **k: generate_calls.append(1)  # must never be called
+    predictions = classify_texts(result.model, texts, cfg.objective, "{text}", batch_size=2)
+    for text, p in zip(texts, predictions):
+        ids = result.model.tokenizer([text], return_tensors="pt")["input_ids"]
+        expected = torch.sigmoid(result.model.head_outputs(ids).scores)[0].tolist()
+        assert list(p.probabilities) == LABELS and p.probabilities == pytest.approx(dict(zip(LABELS, expected)), abs=1e-5)
+        assert p.labels == [name for name, q in zip(LABELS, expected) if q > 0.5]
+    assert generate_calls == []
+    (tmp_path / "texts.txt").write_text("moss\n\nthe sky\n")
+    done = subprocess.run([sys.executable, "-m", "softprompt", "classify", str(result.adapter_dir), "apple and sea",
+                           "--file", str(tmp_path / "texts.txt"), "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["text"] for line in lines] == texts
+    assert [line["labels"] for line in lines] == [p.labels for p in predictions]
+    refused = subprocess.run([sys.executable, "-m", "softprompt", "classify", str(result.adapter_dir)],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.strip().startswith("softprompt: error: classify: no texts")

@@ -238,6 +238,47 @@ class Classification:
         return {"eval_loss": loss, **label_metrics(self.gold(items), decisions, scores)}
 
 
+@dataclass
+class Prediction:
+    text: str
+    labels: list[str]  # the decided labels (multi-label: probability > threshold; multi-class: the argmax)
+    probabilities: dict[str, float]  # per label: sigmoid (multi-label) or softmax (multi-class)
+
+
+@torch.no_grad()
+def classify_texts(model, texts: list[str], cfg: ClassifyConfig, template: str = "{text}",
+                   batch_size: int = 64) -> list[Prediction]:
+    """Per-label probabilities and decisions for `texts`: one forward of the body and the head per batch, no
+    generation. `template` renders each text as training rendered its rows (`{text}` is the text; the run's
+    data.source_template with its one column, e.g. PTEC's `{prompt}`, works the same)."""
+    fields = template_fields(template, "template")
+    if len(fields) != 1:
+        raise SoftPromptError(f"classify: the template {template!r} uses the columns {fields}; a text fills exactly "
+                              "one column (give the texts as that column's values)")
+    if model.head is None or model.head.describe()["num_outputs"] != len(cfg.labels):
+        raise SoftPromptError(f"classify: the model's head does not give one output per label of {list(cfg.labels)}; "
+                              "load the adapter its classify run saved")
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start:start + batch_size]
+        ids = [model.tokenizer(render(template, {fields[0]: t}, "template"))["input_ids"] for t in chunk]
+        width = max(len(i) for i in ids)
+        input_ids = torch.full((len(ids), width), model.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for row, seq in enumerate(ids):
+            input_ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
+        scores = model(input_ids.to(model.device), mask.to(model.device), right_padded=True, output="scores").scores.float()
+        probs = (torch.sigmoid(scores) if cfg.multi_label else torch.softmax(scores, -1)).cpu()  # (B, L)
+        for text, row in zip(chunk, probs.tolist()):
+            chosen = [name for name, p in zip(cfg.labels, row) if p > cfg.threshold] if cfg.multi_label else \
+                [cfg.labels[max(range(len(row)), key=row.__getitem__)]]
+            out.append(Prediction(text, chosen, dict(zip(cfg.labels, row))))
+    model.train(was_training)
+    return out
+
+
 def _binary(value, split: str, i: int, name: str) -> int:
     if not isinstance(value, str) and value in (0, 1):  # 0/1, 0.0/1.0, false/true
         return int(value)

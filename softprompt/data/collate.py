@@ -5,18 +5,24 @@ from __future__ import annotations
 import torch
 
 
+def pad_right(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids, attention mask), both (B, longest), padded on the right."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    return ids, mask
+
+
 def collate(items: list[dict], pad_id: int, kind: str) -> dict[str, torch.Tensor]:
     """Pad to the longest row of this batch (right padding; the model is padding-side invariant)."""
-    width = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    label_width = width if kind == "causal" else max(len(it["labels"]) for it in items)
+    ids, mask = pad_right([it["input_ids"] for it in items], pad_id)  # (B, L)
+    label_width = ids.shape[1] if kind == "causal" else max(len(it["labels"]) for it in items)
     labels = torch.full((len(items), label_width), -100, dtype=torch.long)
     for row, it in enumerate(items):
-        n = len(it["input_ids"])
-        ids[row, :n] = torch.tensor(it["input_ids"])
-        mask[row, :n] = 1
-        labels[row, : len(it["labels"])] = torch.tensor(it["labels"])
+        labels[row, : len(it["labels"])] = torch.tensor(it["labels"], dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

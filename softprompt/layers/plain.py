@@ -18,9 +18,9 @@ from softprompt.errors import ConfigError
 from softprompt.layers.fused import KERNELS
 from softprompt.layers.inits import initial_prompt
 from softprompt.layers.prompt_embedding import PromptEmbedding
+from softprompt.shared_prefix import EXECUTIONS
 
 INITS = ("vocab", "uniform", "text", "class_label", "file")
-EXECUTIONS = ("auto", "shared_prefix", "concat")
 CHOICES = {"init": INITS, "kernel": KERNELS, "execution": EXECUTIONS}
 POSITIVE = {"num_virtual_tokens": int, "vocab_top_k": int, "init_range": float}  # each must be > 0
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from softprompt.data.collate import pad_right
 from softprompt.data.templates import render, template_fields
 from softprompt.errors import ConfigError, SoftPromptError
 
@@ -167,12 +168,7 @@ class Classification:
 
     def collate(self, items: list[dict], pad_id: int, kind: str) -> dict[str, torch.Tensor]:
         """Right padding (the model pools the last real token whatever the side) and the targets."""
-        width = max(len(it["input_ids"]) for it in items)
-        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, it in enumerate(items):
-            ids[row, :len(it["input_ids"])] = torch.tensor(it["input_ids"])
-            mask[row, :len(it["input_ids"])] = 1
+        ids, mask = pad_right([it["input_ids"] for it in items], pad_id)  # (B, L)
         dtype = torch.float32 if self.cfg.multi_label else torch.long
         return {"input_ids": ids, "attention_mask": mask, "target": torch.tensor([it["target"] for it in items], dtype=dtype)}
 
@@ -264,11 +260,7 @@ def classify_texts(model, texts: list[str], cfg: ClassifyConfig, template: str =
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
         ids = [model.tokenizer(render(template, {fields[0]: t}, "template"))["input_ids"] for t in chunk]
-        width = max(len(i) for i in ids)
-        input_ids = torch.full((len(ids), width), model.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for row, seq in enumerate(ids):
-            input_ids[row, :len(seq)], mask[row, :len(seq)] = torch.tensor(seq), 1
+        input_ids, mask = pad_right(ids, model.tokenizer.pad_token_id)  # (B, L)
         scores = model(input_ids.to(model.device), mask.to(model.device), right_padded=True, output="scores").scores.float()
         probs = (torch.sigmoid(scores) if cfg.multi_label else torch.softmax(scores, -1)).cpu()  # (B, L)
         for text, row in zip(chunk, probs.tolist()):

@@ -11,16 +11,12 @@ logit per label; prompt and head train together at their own learning rates (opt
 The normaliser the loop sums is rows x labels (multi-label) or rows (multi-class), so accumulation and
 processes give the mean the official loss takes.
 
-Labels come in one of three layouts (`objective.label_format`):
-- columns: one 0/1 column per label name (PTEC's released format);
-- list: `objective.label_column` holds a list of label names per row;
-- index: `objective.label_column` holds a class index into `objective.labels` (multi-class).
-The text is `data.source_template` over the row (PTEC's `prompt` column: `{prompt}`).
+Labels come in one of three layouts (`objective.label_format`, read by label_data.py): one 0/1 column
+per label (PTEC's released format), a list of names per row, or a class index per row. The text is `data.source_template` over the row (PTEC's `prompt` column: `{prompt}`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +26,8 @@ import torch.nn.functional as F
 from softprompt.data.collate import pad_right
 from softprompt.data.templates import render, template_fields
 from softprompt.errors import ConfigError, SoftPromptError
-
-LABEL_FORMATS = ("columns", "list", "index")
+from softprompt.objectives import label_data
+from softprompt.objectives.label_data import LABEL_FORMATS
 
 
 @dataclass(frozen=True)
@@ -71,17 +67,6 @@ def check(cfg: ClassifyConfig, full) -> None:
                           f"labels; set head.num_outputs: {len(cfg.labels)}")
 
 
-def inverse_frequency(targets: np.ndarray, labels: tuple[str, ...], split: str) -> torch.Tensor:
-    """PTEC's pos_weight: max_k n_k / n_j over the train split's label counts n (L,)."""
-    counts = targets.sum(0)  # (L,)
-    never = [name for name, n in zip(labels, counts) if n == 0]
-    if never:
-        raise SoftPromptError(f"data: label(s) {never} never occur in the {split!r} split, so the classifier cannot "
-                              "learn them (and their pos_weight would be infinite); drop them from objective.labels "
-                              "or add rows that have them")
-    return torch.tensor(counts.max() / counts, dtype=torch.float32)
-
-
 class Classification:
     uses_head = True
 
@@ -100,71 +85,20 @@ class Classification:
         vector (multi-label: (L,) 0/1) or class index."""
         from softprompt.data.loading import _truncate
 
-        if len(rows) == 0:
-            raise SoftPromptError(f"data: the {split!r} split is empty; give at least one row")
-        limit = data_cfg.max_train_samples if split == data_cfg.train_split else data_cfg.max_eval_samples
-        if limit is not None:
-            rows = rows.select(range(min(limit, len(rows))))
-        fields = template_fields(data_cfg.source_template, "data.source_template")
-        self._check_columns(set(rows.column_names), fields, split)
-        targets = self._targets(rows, split)  # (N, L) 0/1, or (N,) class index
+        rows = label_data.limited(rows, data_cfg, split)
+        label_data.check_columns(self.cfg, set(rows.column_names), data_cfg.source_template, split)
+        matrix = label_data.label_matrix(self.cfg, rows, split)  # (N, L) 0/1
+        targets = matrix if self.cfg.multi_label else matrix.argmax(1)  # (N, L) or (N,) class index
         out = []
-        for i, row in enumerate(rows):
-            missing = [n for n in fields if row.get(n) is None or (isinstance(row[n], float) and math.isnan(row[n]))]
-            if missing:
-                raise SoftPromptError(f"data: {split} row {i} has no value for column(s) {missing}, used by "
-                                      "data.source_template; fill it in or drop the row")
-            ids = tokenizer(render(data_cfg.source_template, row, "source_template"))["input_ids"]
+        for i, text in enumerate(label_data.sources(rows, data_cfg.source_template, split)):
+            ids = tokenizer(text)["input_ids"]
             if len(ids) > data_cfg.max_length:
                 ids = _truncate(ids, data_cfg.max_length, data_cfg.truncation, tokenizer.bos_token_id,
                                 tokenizer.eos_token_id, f"{split} row {i}", data_cfg.max_length)
             out.append({"input_ids": ids, "target": targets[i].tolist()})
         if split == data_cfg.train_split and self.cfg.multi_label and self.cfg.pos_weight == "inverse_frequency":
-            self.pos_weight = inverse_frequency(targets, self.cfg.labels, split)
+            self.pos_weight = label_data.inverse_frequency(matrix, self.cfg.labels, split)
         return out
-
-    def _check_columns(self, columns: set[str], fields: list[str], split: str) -> None:
-        lacking = [n for n in fields if n not in columns]
-        if lacking:
-            raise SoftPromptError(f"data.source_template: refers to column(s) {lacking}, which the {split!r} split lacks; "
-                                  f"its columns are {sorted(columns)}")
-        if self.cfg.label_format == "columns":
-            lacking = [n for n in self.cfg.labels if n not in columns]
-            if lacking:
-                raise SoftPromptError(f"objective.labels: {lacking} are not columns of the {split!r} split (label_format "
-                                      f"columns reads one 0/1 column per label); its columns are {sorted(columns)}")
-        elif self.cfg.label_column not in columns:
-            raise SoftPromptError(f"objective.label_column: {self.cfg.label_column!r} is not a column of the {split!r} "
-                                  f"split; its columns are {sorted(columns)}")
-
-    def _targets(self, rows, split: str) -> np.ndarray:
-        labels, fmt = self.cfg.labels, self.cfg.label_format
-        if fmt == "columns":
-            table = rows.select_columns(list(labels)).to_dict()
-            values = np.array([[_binary(v, split, i, name) for i, v in enumerate(table[name])] for name in labels]).T
-        else:
-            column = rows.select_columns([self.cfg.label_column]).to_dict()[self.cfg.label_column]
-            if fmt == "index":
-                return np.array([_index(v, len(labels), split, i, self.cfg.label_column) for i, v in enumerate(column)])
-            position = {name: j for j, name in enumerate(labels)}
-            values = np.zeros((len(column), len(labels)), dtype=int)
-            for i, names in enumerate(column):
-                if not isinstance(names, list):
-                    raise SoftPromptError(f"data: {split} row {i}: {self.cfg.label_column!r} holds {names!r}, not a list "
-                                          "of label names")
-                unknown = [n for n in names if n not in position]
-                if unknown:
-                    raise SoftPromptError(f"data: {split} row {i}: label(s) {unknown} are not in objective.labels "
-                                          f"{list(labels)}; add them there or fix the row")
-                values[i, [position[n] for n in names]] = 1
-        if not self.cfg.multi_label:
-            counts = values.sum(1)
-            if (counts != 1).any():
-                i = int(np.flatnonzero(counts != 1)[0])
-                raise SoftPromptError(f"data: {split} row {i} has {int(counts[i])} labels, but objective.multi_label is "
-                                      "false (one label per row); set it to true for multi-label data")
-            return values.argmax(1)
-        return values
 
     def collate(self, items: list[dict], pad_id: int, kind: str) -> dict[str, torch.Tensor]:
         """Right padding (the model pools the last real token whatever the side) and the targets."""
@@ -269,19 +203,6 @@ def classify_texts(model, texts: list[str], cfg: ClassifyConfig, template: str =
             out.append(Prediction(text, chosen, dict(zip(cfg.labels, row))))
     model.train(was_training)
     return out
-
-
-def _binary(value, split: str, i: int, name: str) -> int:
-    if not isinstance(value, str) and value in (0, 1):  # 0/1, 0.0/1.0, false/true
-        return int(value)
-    raise SoftPromptError(f"data: {split} row {i}: label column {name!r} holds {value!r}; label columns hold 0 or 1")
-
-
-def _index(value, n: int, split: str, i: int, column: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n:
-        return value
-    raise SoftPromptError(f"data: {split} row {i}: {column!r} holds {value!r}, not a class index in [0, {n}) "
-                          "into objective.labels")
 
 
 def build(cfg: ClassifyConfig) -> Classification:

@@ -1,0 +1,120 @@
+"""Label data shared by the objectives that predict label sets (classify.py, label_text.py).
+
+A label spec is any config with `labels` (names, in output order), `label_format` (columns | list |
+index), `label_column` and `multi_label`:
+- columns: one 0/1 column per label name (PTEC's released format);
+- list: `label_column` holds a list of label names per row;
+- index: `label_column` holds a class index into `labels` (multi-class).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from softprompt.data.templates import render, template_fields
+from softprompt.errors import SoftPromptError
+
+LABEL_FORMATS = ("columns", "list", "index")
+
+
+def limited(rows, data_cfg, split: str):
+    """`rows` cut to data.max_train_samples / max_eval_samples; refuses an empty split."""
+    if len(rows) == 0:
+        raise SoftPromptError(f"data: the {split!r} split is empty; give at least one row")
+    limit = data_cfg.max_train_samples if split == data_cfg.train_split else data_cfg.max_eval_samples
+    return rows.select(range(min(limit, len(rows)))) if limit is not None else rows
+
+
+def sources(rows, template: str, split: str) -> list[str]:
+    """Each row's `data.source_template` rendering; a row lacking a value it uses is one clear error."""
+    fields = template_fields(template, "data.source_template")
+    out = []
+    for i, row in enumerate(rows):
+        missing = [n for n in fields if row.get(n) is None or (isinstance(row[n], float) and math.isnan(row[n]))]
+        if missing:
+            raise SoftPromptError(f"data: {split} row {i} has no value for column(s) {missing}, used by "
+                                  "data.source_template; fill it in or drop the row")
+        out.append(render(template, row, "source_template"))
+    return out
+
+
+def check_columns(spec, columns: set[str], template: str, split: str) -> None:
+    """The template's columns and the label columns exist in the split."""
+    lacking = [n for n in template_fields(template, "data.source_template") if n not in columns]
+    if lacking:
+        raise SoftPromptError(f"data.source_template: refers to column(s) {lacking}, which the {split!r} split lacks; "
+                              f"its columns are {sorted(columns)}")
+    if spec.label_format == "columns":
+        lacking = [n for n in spec.labels if n not in columns]
+        if lacking:
+            raise SoftPromptError(f"objective.labels: {lacking} are not columns of the {split!r} split (label_format "
+                                  f"columns reads one 0/1 column per label); its columns are {sorted(columns)}")
+    elif spec.label_column not in columns:
+        raise SoftPromptError(f"objective.label_column: {spec.label_column!r} is not a column of the {split!r} "
+                              f"split; its columns are {sorted(columns)}")
+
+
+def label_matrix(spec, rows, split: str) -> np.ndarray:
+    """(N, L) 0/1: row i has label j. Multi-class specs are checked to give exactly one label per row."""
+    labels, fmt = spec.labels, spec.label_format
+    if fmt == "columns":
+        table = rows.select_columns(list(labels)).to_dict()
+        values = np.array([[_binary(v, split, i, name) for i, v in enumerate(table[name])] for name in labels]).T
+    else:
+        column = rows.select_columns([spec.label_column]).to_dict()[spec.label_column]
+        values = np.zeros((len(column), len(labels)), dtype=int)
+        if fmt == "index":
+            for i, v in enumerate(column):
+                values[i, _index(v, len(labels), split, i, spec.label_column)] = 1
+        else:
+            position = {name: j for j, name in enumerate(labels)}
+            for i, names in enumerate(column):
+                if not isinstance(names, list):
+                    raise SoftPromptError(f"data: {split} row {i}: {spec.label_column!r} holds {names!r}, not a list "
+                                          "of label names")
+                unknown = [n for n in names if n not in position]
+                if unknown:
+                    raise SoftPromptError(f"data: {split} row {i}: label(s) {unknown} are not in objective.labels "
+                                          f"{list(labels)}; add them there or fix the row")
+                values[i, [position[n] for n in names]] = 1
+    if not spec.multi_label:
+        counts = values.sum(1)
+        if (counts != 1).any():
+            i = int(np.flatnonzero(counts != 1)[0])
+            raise SoftPromptError(f"data: {split} row {i} has {int(counts[i])} labels, but objective.multi_label is "
+                                  "false (one label per row); set it to true for multi-label data")
+    return values
+
+
+def label_counts(targets: np.ndarray, labels: tuple[str, ...], split: str) -> np.ndarray:
+    """(L,) each label's count in `targets` (N, L); a label that never occurs is one clear error (nothing
+    can learn it, and its inverse-frequency weight would be infinite)."""
+    counts = targets.sum(0)  # (L,)
+    never = [name for name, n in zip(labels, counts) if n == 0]
+    if never:
+        raise SoftPromptError(f"data: label(s) {never} never occur in the {split!r} split, so the classifier cannot "
+                              "learn them (and their pos_weight would be infinite); drop them from objective.labels "
+                              "or add rows that have them")
+    return counts
+
+
+def inverse_frequency(targets: np.ndarray, labels: tuple[str, ...], split: str) -> torch.Tensor:
+    """PTEC's pos_weight: max_k n_k / n_j over the train split's label counts n (L,)."""
+    counts = label_counts(targets, labels, split)
+    return torch.tensor(counts.max() / counts, dtype=torch.float32)
+
+
+def _binary(value, split: str, i: int, name: str) -> int:
+    if not isinstance(value, str) and value in (0, 1):  # 0/1, 0.0/1.0, false/true
+        return int(value)
+    raise SoftPromptError(f"data: {split} row {i}: label column {name!r} holds {value!r}; label columns hold 0 or 1")
+
+
+def _index(value, n: int, split: str, i: int, column: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n:
+        return value
+    raise SoftPromptError(f"data: {split} row {i}: {column!r} holds {value!r}, not a class index in [0, {n}) "
+                          "into objective.labels")

@@ -23,7 +23,7 @@ import yaml
 
 from softprompt.data.templates import check_label_names, template_fields
 from softprompt.errors import ConfigError
-from softprompt.layers.plain import PromptConfig
+from softprompt.layers.plain import LABEL_INITS, PromptConfig
 from softprompt.loading import ModelConfig
 from softprompt.objectives.lm import LMConfig
 from softprompt.registry import HEADS, METHODS, OBJECTIVES, PROMPTS, lookup
@@ -122,7 +122,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-SECTIONS = {"prompt": (PROMPTS, "plain"), "objective": (OBJECTIVES, "lm"), "head": (HEADS, None)}
+# Built in this order: the prompt's label inits read the objective's labels.
+SECTIONS = {"objective": (OBJECTIVES, "lm"), "head": (HEADS, None), "prompt": (PROMPTS, "plain")}
 
 # Keys that moved when prompt sources and objectives became components: old key -> new key. A recipe
 # written before keeps working (one warning names the new key); giving both is an error.
@@ -159,6 +160,8 @@ def from_dict(data: dict | None, warn_moved: bool = True) -> Config:
                               f"{section}.type {wanted!r}; drop one of them (a method is a preset over the sections)")
         # a section given without a type takes its preset's, else the default, else the first registered
         kind = given or wanted or default or next(iter(table))
+        if section == "prompt":
+            values = _prompt_defaults(values, preset, sections["objective"])
         entry = lookup(table, str(kind), f"{section}.type")
         sections[section] = _build(entry.config_class, {**values, "type": str(kind)}, section)
     cfg = _build(Config, data, "")
@@ -169,6 +172,16 @@ def from_dict(data: dict | None, warn_moved: bool = True) -> Config:
     cfg = dataclasses.replace(cfg, method=MethodConfig(name), **sections)
     validate(cfg)
     return cfg
+
+
+def _prompt_defaults(values: dict, preset, objective) -> dict:
+    """The method's default init where the recipe sets none, and label inits' names from the objective's
+    labels where the recipe gives none (one list of label names in a recipe, not two)."""
+    if "init" not in values and preset is not None and preset.prompt_init is not None:
+        values = {**values, "init": preset.prompt_init}
+    if values.get("init") in LABEL_INITS and not values.get("init_labels") and getattr(objective, "labels", None):
+        values = {**values, "init_labels": tuple(objective.labels)}
+    return values
 
 
 def _mapping(values: Any, where: str) -> dict:

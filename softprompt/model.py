@@ -120,6 +120,7 @@ class SoftPromptModel(nn.Module):
         self.base = base
         self.prompt = prompt  # a prompt source (layers/source.py): plain, DePT, bank
         self.head = head  # None, or a trainable module on (hidden_states, attention_mask)
+        self.decision: dict | None = None  # the objective's fitted decision rule (per-label thresholds), saved with the adapter
         self.tokenizer = tokenizer
         self.kind = kind or detect_kind(base.config)
         if self.kind not in KIND_NAMES:
@@ -162,6 +163,7 @@ class SoftPromptModel(nn.Module):
             tokenizer = tokenizer or loaded
         adapter.check_base(saved, base, repr(str(adapter_dir)))
         model = cls(base, saved.source, tokenizer, kind or detect_kind(base.config), saved.base_config, head=saved.head)
+        model.decision = saved.meta.get("decision")
         return model.to(base.device)
 
     def save_adapter(self, out_dir: str | Path, **meta) -> Path:

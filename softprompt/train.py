@@ -224,6 +224,12 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     state, final_metrics, source_step = final_choice(loop, tc)
     if state is not None:
         load_trainable_state(model, state)
+    if eval_items:  # the decision rule for final/'s adapter, fitted on the eval split (PTEC's per-label thresholds)
+        model.decision = objective.fit_decision(model, eval_items, tc.eval_batch_size)
+        objective.use_decision(model.decision)
+        if model.decision is not None:  # what the fitted rule scores on the split it was fitted on (optimistic)
+            tuned = objective.evaluate(model, eval_items, tc.eval_batch_size)
+            final_metrics = {**final_metrics, **{k: v for k, v in tuned.items() if k not in final_metrics}}
     result = RunResult(run_dir, run_dir / "final", loop["step"], n_params, loop["before"], dict(final_metrics),
                        source_step=source_step, chosen_by=chosen_by(loop, tc))
     if "test" in items:
@@ -369,6 +375,7 @@ def finished_result(run_dir: Path, loop: dict, model) -> RunResult:
     meta = json.loads((run_dir / "final" / SIDECAR).read_text())
     if loop["best_state"] is not None and meta.get("source_step") == loop["best_step"] != loop["step"]:
         load_trainable_state(model, loop["best_state"])
+    model.decision = meta.get("decision")
     metrics = meta.get("metrics") or {}
     lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
     return RunResult(run_dir, run_dir / "final", loop["step"], model.trainable_parameters(), loop["before"],

@@ -206,20 +206,86 @@ def test_classify_texts_and_the_cli_give_the_trained_heads_probabilities(saved_m
     texts = ["apple and sea", "moss", "the sky"]
     generate_calls = []
     result.model.base.generate = lambda *a, **k: generate_calls.append(1)  # must never be called
-    predictions = classify_texts(result.model, texts, cfg.objective, "{text}", batch_size=2)
+    predictions = classify_texts(result.model, texts, cfg.objective, "{text}", batch_size=2, threshold=0.5)
     for text, p in zip(texts, predictions):
         ids = result.model.tokenizer([text], return_tensors="pt")["input_ids"]
         expected = torch.sigmoid(result.model.head_outputs(ids).scores)[0].tolist()
         assert list(p.probabilities) == LABELS and p.probabilities == pytest.approx(dict(zip(LABELS, expected)), abs=1e-5)
         assert p.labels == [name for name, q in zip(LABELS, expected) if q > 0.5]
     assert generate_calls == []
+    # without a threshold: the run's per-label thresholds, fitted on its eval split and saved in final/
+    tuned = json.loads((result.adapter_dir / "softprompt.json").read_text())["decision"]["thresholds"]
+    default = classify_texts(result.model, texts, cfg.objective, "{text}", batch_size=2)
+    assert [p.labels for p in default] == [[n for n in LABELS if p.probabilities[n] > tuned[n]] for p in predictions]
     (tmp_path / "texts.txt").write_text("moss\n\nthe sky\n")
     done = subprocess.run([sys.executable, "-m", "softprompt", "classify", str(result.adapter_dir), "apple and sea",
                            "--file", str(tmp_path / "texts.txt"), "--json"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [line["text"] for line in lines] == texts
-    assert [line["labels"] for line in lines] == [p.labels for p in predictions]
+    assert [line["labels"] for line in lines] == [p.labels for p in default]
     refused = subprocess.run([sys.executable, "-m", "softprompt", "classify", str(result.adapter_dir)],
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and refused.stderr.strip().startswith("softprompt: error: classify: no texts")
+
+
+def test_tuned_thresholds_reach_each_labels_best_f1():
+    """Against brute force: the best F1 any threshold gives a label is the best over "score >= s" for each
+    distinct score s (and predicting nothing); the tuned threshold reaches it."""
+    from sklearn.metrics import f1_score
+
+    from softprompt.objectives.thresholds import tune_thresholds
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, size=(60, 5))
+    gold[:, 4] = 0  # a label with no positive: nothing to fit, it keeps the default
+    scores = np.clip(gold * rng.uniform(0.1, 0.6, size=gold.shape) + rng.uniform(0, 0.6, size=gold.shape), 0, 1)
+    scores = np.round(scores, 2)  # ties between rows
+    tuned = tune_thresholds(gold, scores, default=0.5)
+    for j in range(4):
+        best = max(f1_score(gold[:, j], scores[:, j] >= s, zero_division=0) for s in [*np.unique(scores[:, j]), 2.0])
+        assert f1_score(gold[:, j], scores[:, j] > tuned[j]) == pytest.approx(best)
+    assert tuned[4] == 0.5
+    separable = np.array([[1], [1], [0], [0]]), np.array([[0.9], [0.8], [0.2], [0.1]])
+    assert tune_thresholds(*separable, default=0.3)[0] == 0.3  # any t in [0.2, 0.8) is best: ties keep the default
+    assert tune_thresholds(*separable, default=0.95)[0] == pytest.approx(0.5)  # else the midpoint of the gap
+
+
+@pytest.mark.slow
+def test_thresholds_round_trip_with_the_adapter(saved_model, tmp_path):
+    """final/ saves the thresholds fitted on the eval split; loading the adapter gives them back, eval and
+    test metrics add their tuned_* F1s, and `softprompt eval` (a real process) reports them too."""
+    import subprocess
+    import sys
+
+    from sklearn.metrics import f1_score
+
+    from softprompt import train
+    from softprompt.export import load_adapter
+    from softprompt.objectives.classify import build
+
+    data = write_multilabel(tmp_path / "d")
+    cfg = load_config(None, ptec_overrides(saved_model("llama"), data, tmp_path / "out"))
+    result = train(cfg)
+    meta = json.loads((result.adapter_dir / "softprompt.json").read_text())
+    thresholds = meta["decision"]["thresholds"]
+    assert list(thresholds) == LABELS and meta["decision"]["fitted_on_rows"] == 12
+    back = load_adapter(result.adapter_dir)
+    assert back.decision == meta["decision"]
+    objective = build(cfg.objective)  # the test split's tuned macro-F1, recomputed from the reloaded model
+    from datasets import load_dataset
+
+    rows = load_dataset("json", data_files=str(data / "test.jsonl"), split="train")
+    items = objective.encode(rows, back.tokenizer, cfg.data, back.kind, "test")
+    scores, _, _ = objective.predict(back, items, 8)
+    gold = objective.gold(items)
+    decided = scores > np.array([thresholds[n] for n in LABELS])
+    assert result.test["test_tuned_macro_f1"] == pytest.approx(f1_score(gold, decided, average="macro", zero_division=0))
+    assert result.test["test_macro_f1"] == pytest.approx(f1_score(gold, scores > 0.5, average="macro", zero_division=0))
+    assert "eval_tuned_macro_f1" in result.best and "eval_tuned_macro_ap" not in result.best  # ranking needs no threshold
+    done = subprocess.run([sys.executable, "-m", "softprompt", "eval", str(result.adapter_dir), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["eval_tuned_macro_f1"] == pytest.approx(result.test["test_tuned_macro_f1"], abs=1e-6)
+    off = load_config(None, ptec_overrides(saved_model("llama"), data, tmp_path / "off", **{"objective.tune_thresholds": "false"}))
+    assert json.loads((train(off).adapter_dir / "softprompt.json").read_text())["decision"] is None

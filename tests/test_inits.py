@@ -60,3 +60,40 @@ def test_file_init_roundtrip_and_shape_error(base, tokenizer, tmp_path):
     assert torch.equal(out, t)
     with pytest.raises(SoftPromptError, match=r"shape \(3, 32\), expected \(4, 32\)"):
         initial_prompt(PromptConfig(num_virtual_tokens=4, init="file", init_file=str(tmp_path / "p.safetensors")), base.get_input_embeddings().weight, tokenizer, 0)
+
+
+@pytest.mark.parametrize("num_tokens", [12, 3])
+def test_label_names_init_is_the_names_tokens_in_order(base, tokenizer, num_tokens):
+    """PTEC's default: the tokens of the names joined by spaces, one per slot; fewer slots than tokens take an
+    ordered subset, more slots are filled with frequent vocabulary rows."""
+    labels = ("banana split", "sky", "red apple")
+    table = base.get_input_embeddings().weight
+    ids = tokenizer(" ".join(labels), add_special_tokens=False)["input_ids"]
+    assert 3 < len(ids) < 12  # the two cases below: a subset, and a fill
+    out = initial_prompt(PromptConfig(num_virtual_tokens=num_tokens, init="label_names", init_labels=labels,
+                                      vocab_top_k=40), table, tokenizer, 0)
+    which = [[i for i in range(table.shape[0]) if torch.equal(table[i], row)] for row in out]
+    assert all(len(w) == 1 for w in which)
+    rows = [w[0] for w in which]
+    if num_tokens < len(ids):  # an ordered subsequence of the name tokens
+        it = iter(ids)
+        assert all(r in it for r in rows)
+    else:
+        assert rows[:len(ids)] == ids
+        special = set(tokenizer.all_special_ids)
+        assert all(r not in special and r < 40 + len(special) for r in rows[len(ids):])
+
+
+def test_label_inits_take_the_objectives_labels():
+    from softprompt.config import load_config
+    from softprompt.errors import ConfigError
+
+    ptec = ["method=ptec", "objective.labels=[sports, politics]", "head.num_outputs=2"]
+    cfg = load_config(None, ptec)
+    assert cfg.prompt.init == "label_names" and cfg.prompt.init_labels == ("sports", "politics")  # PTEC's default
+    assert load_config(None, [*ptec, "prompt.init=vocab"]).prompt.init == "vocab"  # a recipe's own init wins
+    cfg = load_config(None, [*ptec, "prompt.init=class_label", "prompt.init_labels=[a, b]"])
+    assert cfg.prompt.init_labels == ("a", "b")  # given names win over the objective's
+    assert load_config(None, []).prompt.init == "vocab"  # prompt tuning keeps its own default
+    with pytest.raises(ConfigError, match="prompt.init_labels: required when prompt.init is 'label_names'"):
+        load_config(None, ["prompt.init=label_names"])  # the lm objective has no labels

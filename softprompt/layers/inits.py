@@ -1,7 +1,7 @@
 """Prompt initialisations. Each returns a (p, d) fp32 tensor; none touches the model.
 
 Lester et al. 2021 §3.2 (https://arxiv.org/abs/2104.08691) compare random uniform, sampled vocabulary
-and class-label inits; class-label is their default and random is worst. PEFT's RANDOM is N(0, 1),
+and class-label inits (PTEC's label-name init is a variant: the names' tokens, one per slot); class-label is their default and random is worst. PEFT's RANDOM is N(0, 1),
 far off the scale of decoder embedding tables, and its SAMPLE_VOCAB draws from the whole vocabulary
 (rare and garbage rows included), so our default samples frequent, non-special rows instead.
 """
@@ -75,6 +75,28 @@ def class_label(
     return out
 
 
+def label_names(
+    table: torch.Tensor,
+    name_ids: list[int],
+    num_tokens: int,
+    special_ids: set[int],
+    top_k: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """PTEC's default init (methods.md §3.2): the tokens of all label names joined by spaces, one per slot, in
+    order. Longer than p: a random subset of p tokens, kept in order. Shorter: the remaining slots are
+    sampled vocabulary rows (PTEC fills them with ids 1000, 1001, ..., arbitrary rows of any vocabulary;
+    frequent rows keep the scale of real embeddings, as the vocab init does)."""
+    if not name_ids:
+        raise SoftPromptError("prompt.init_labels: the label names tokenize to no tokens; give non-empty names")
+    out = sampled_vocab(table, num_tokens, special_ids, top_k, generator)
+    ids = torch.tensor(name_ids, dtype=torch.long)
+    if len(ids) > num_tokens:
+        ids = ids[torch.randperm(len(ids), generator=generator)[:num_tokens].sort().values]
+    out[: len(ids)] = table[ids].detach().float()
+    return out
+
+
 def from_file(path: str, num_tokens: int, dim: int) -> torch.Tensor:
     """A (p, d) tensor from a safetensors file, a weights-only torch file, or an adapter dir."""
     p = Path(path)
@@ -127,6 +149,9 @@ def initial_prompt(pcfg, table: torch.Tensor, tokenizer, seed: int, generator: t
     if pcfg.init == "class_label":
         ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in pcfg.init_labels]
         return class_label(table, ids, p, special, pcfg.vocab_top_k, generator)
+    if pcfg.init == "label_names":
+        ids = tokenizer(" ".join(pcfg.init_labels), add_special_tokens=False)["input_ids"]
+        return label_names(table, ids, p, special, pcfg.vocab_top_k, generator)
     if pcfg.init == "file":
         return from_file(pcfg.init_file, p, d)
     raise SoftPromptError(f"prompt.init: unknown init {pcfg.init!r}")

@@ -20,7 +20,8 @@ from softprompt.layers.inits import initial_prompt
 from softprompt.layers.prompt_embedding import PromptEmbedding
 from softprompt.shared_prefix import EXECUTIONS
 
-INITS = ("vocab", "uniform", "text", "class_label", "file")
+INITS = ("vocab", "uniform", "text", "class_label", "label_names", "file")
+LABEL_INITS = ("class_label", "label_names")  # inits that read init_labels (default: the objective's labels)
 CHOICES = {"init": INITS, "kernel": KERNELS, "execution": EXECUTIONS}
 POSITIVE = {"num_virtual_tokens": int, "vocab_top_k": int, "init_range": float}  # each must be > 0
 
@@ -31,7 +32,9 @@ class PromptConfig:
     num_virtual_tokens: int = 20
     # vocab: rows of frequent non-special tokens (Lester et al. §3.2 use the 5,000 most common ids)
     # uniform: U(-init_range, init_range); text: init_text's tokens tiled to p;
-    # class_label: mean sub-token embedding of each of init_labels, rest as vocab; file: init_file
+    # class_label: mean sub-token embedding of each of init_labels, rest as vocab (Lester et al.);
+    # label_names: the tokens of init_labels joined by spaces, one per slot, rest as vocab (PTEC);
+    # init_labels default to objective.labels where the objective has them; file: init_file
     init: str = "vocab"
     init_range: float = 0.5
     init_text: str | None = None
@@ -60,8 +63,9 @@ class PromptConfig:
                 raise ConfigError(f"prompt.{key}: must be > 0, got {value}")
         if self.init == "text" and not self.init_text:
             raise ConfigError("prompt.init_text: required when prompt.init is 'text'")
-        if self.init == "class_label" and not self.init_labels:
-            raise ConfigError("prompt.init_labels: required when prompt.init is 'class_label'")
+        if self.init in LABEL_INITS and not self.init_labels:
+            raise ConfigError(f"prompt.init_labels: required when prompt.init is {self.init!r} and the objective has "
+                              "no labels; give the label names, e.g. prompt.init_labels: [sports, politics]")
         if self.init == "file" and not self.init_file:
             raise ConfigError("prompt.init_file: required when prompt.init is 'file'")
 

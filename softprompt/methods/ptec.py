@@ -9,4 +9,6 @@ PTEC with a DePT prompt.
 
 from softprompt.methods import Preset
 
-PRESET = Preset(prompt="plain", objective="classify", head="linear")
+# PTEC's default init is the label names (`--prompt_init labels` in the official code); they come from
+# objective.labels unless prompt.init_labels says otherwise
+PRESET = Preset(prompt="plain", objective="classify", head="linear", prompt_init="label_names")

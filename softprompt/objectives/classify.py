@@ -8,6 +8,10 @@ logit per label; prompt and head train together at their own learning rates (opt
   (n_j: label j's count in the train split), averaged over rows x labels as torch's BCEWithLogitsLoss
   does in the official code; a decision is sigmoid(logit) > threshold (0.5, as the official code).
 - multi-class: cross-entropy over the labels, one per row; the decision is the argmax.
+Evals during training decide at the fixed threshold, so steps compare on one rule. After training, with
+`tune_thresholds` (multi-label), one threshold per label is fitted on the eval split (thresholds.py) and
+saved with the adapter (its sidecar's "decision"); `classify_texts` and `softprompt classify` then decide
+with them, and the final metrics add `tuned_*` F1s (on dev: optimistic, it fitted them; on test: fair).
 The normaliser the loop sums is rows x labels (multi-label) or rows (multi-class), so accumulation and
 processes give the mean the official loss takes.
 
@@ -39,6 +43,7 @@ class ClassifyConfig:
     multi_label: bool = True  # BCE per label; False: one label per row, cross-entropy
     pos_weight: str = "inverse_frequency"  # inverse_frequency (PTEC) | none; multi-label only
     threshold: float = 0.5  # sigmoid(logit) > threshold predicts a label (multi-label)
+    tune_thresholds: bool = True  # multi-label: fit per-label thresholds on the eval split after training
 
     def __post_init__(self):
         if not self.labels:
@@ -73,6 +78,7 @@ class Classification:
     def __init__(self, cfg: ClassifyConfig):
         self.cfg = cfg
         self.pos_weight: torch.Tensor | None = None  # (L,) from the train split, set when it is encoded
+        self.tuned: np.ndarray | None = None  # (L,) per-label thresholds fitted after training (use_decision)
 
     def check_model(self, kind: str, has_head: bool, name: str) -> None:
         if not has_head:
@@ -133,7 +139,8 @@ class Classification:
 
     @torch.no_grad()
     def predict(self, model, items: list[dict], batch_size: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """(scores (N, L): probabilities, decisions (N, L) 0/1, unweighted loss per unit) over `items`."""
+        """(scores (N, L): probabilities, decisions (N, L) 0/1 at the fixed threshold, unweighted loss per
+        unit) over `items`."""
         was_training = model.training
         model.eval()
         probs, total, count = [], 0.0, 0
@@ -151,36 +158,80 @@ class Classification:
             count += target.numel()
         model.train(was_training)
         scores = torch.cat(probs).numpy()
+        return scores, self.decide(scores, self.cfg.threshold), total / max(count, 1)
+
+    def decide(self, scores: np.ndarray, thresholds) -> np.ndarray:
+        """(N, L) 0/1: multi-label, score > its label's threshold (a float or (L,)); multi-class, the argmax."""
         if self.cfg.multi_label:
-            decisions = (scores > self.cfg.threshold).astype(int)
-        else:
-            decisions = np.eye(scores.shape[1], dtype=int)[scores.argmax(1)]
-        return scores, decisions, total / max(count, 1)
+            return (scores > np.asarray(thresholds)).astype(int)
+        return np.eye(scores.shape[1], dtype=int)[scores.argmax(1)]
 
     def gold(self, items: list[dict]) -> np.ndarray:
         targets = np.array([it["target"] for it in items])
         return targets.astype(int) if self.cfg.multi_label else np.eye(len(self.cfg.labels), dtype=int)[targets]
 
     def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]:
+        """metric_names() at the fixed threshold; with fitted thresholds (use_decision), also eval_tuned_*."""
         from softprompt.objectives.label_metrics import label_metrics
 
         scores, decisions, loss = self.predict(model, items, batch_size)
-        return {"eval_loss": loss, **label_metrics(self.gold(items), decisions, scores)}
+        gold = self.gold(items)
+        metrics = {"eval_loss": loss, **label_metrics(gold, decisions, scores)}
+        if self.tuned is not None:
+            tuned = label_metrics(gold, self.decide(scores, self.tuned), prefix="eval_tuned_")
+            metrics.update({k: v for k, v in tuned.items() if k.endswith(TUNED_REPORTED)})
+        return metrics
+
+    # -- the decision rule saved with the adapter ------------------------------------------------------
+
+    def fit_decision(self, model, items: list[dict], batch_size: int) -> dict | None:
+        """Per-label thresholds maximising each label's F1 on `items` (the eval split), as the adapter
+        sidecar's "decision" (None: nothing to fit, multi-class or tune_thresholds off)."""
+        from softprompt.objectives.thresholds import tune_thresholds
+
+        if not (self.cfg.multi_label and self.cfg.tune_thresholds):
+            return None
+        scores, _, _ = self.predict(model, items, batch_size)
+        tuned = tune_thresholds(self.gold(items), scores, self.cfg.threshold)
+        return {"thresholds": dict(zip(self.cfg.labels, tuned.tolist())), "fitted_on_rows": len(items),
+                "rule": "per-label max F1 on the eval split"}
+
+    def use_decision(self, decision: dict | None) -> None:
+        """Decide with a fitted decision (an adapter's), or the fixed threshold again (None)."""
+        self.tuned = None if decision is None else thresholds_for(decision, self.cfg.labels)
+
+
+TUNED_REPORTED = ("_f1", "_precision", "_recall")  # the decision metrics thresholds change (not ranking ones)
+
+
+def thresholds_for(decision: dict, labels: tuple[str, ...], where: str = "adapter") -> np.ndarray:
+    """(L,) the thresholds a saved decision gives `labels`; refuses one fitted for other labels."""
+    saved = decision.get("thresholds") if isinstance(decision, dict) else None
+    if not isinstance(saved, dict) or sorted(saved) != sorted(labels):
+        names = sorted(saved) if isinstance(saved, dict) else None
+        raise SoftPromptError(f"{where}: its decision thresholds are for labels {names}, not {sorted(labels)}; "
+                              "use the adapter and config of one run")
+    values = np.array([saved[name] for name in labels], dtype=np.float64)
+    if not np.all((values >= 0) & (values <= 1)):
+        raise SoftPromptError(f"{where}: decision thresholds must be probabilities in [0, 1], got {values.tolist()}")
+    return values
 
 
 @dataclass
 class Prediction:
     text: str
-    labels: list[str]  # the decided labels (multi-label: probability > threshold; multi-class: the argmax)
+    labels: list[str]  # the decided labels (multi-label: probability > its threshold; multi-class: the argmax)
     probabilities: dict[str, float]  # per label: sigmoid (multi-label) or softmax (multi-class)
 
 
 @torch.no_grad()
 def classify_texts(model, texts: list[str], cfg: ClassifyConfig, template: str = "{text}",
-                   batch_size: int = 64) -> list[Prediction]:
+                   batch_size: int = 64, threshold: float | None = None) -> list[Prediction]:
     """Per-label probabilities and decisions for `texts`: one forward of the body and the head per batch, no
     generation. `template` renders each text as training rendered its rows (`{text}` is the text; the run's
-    data.source_template with its one column, e.g. PTEC's `{prompt}`, works the same)."""
+    data.source_template with its one column, e.g. PTEC's `{prompt}`, works the same). Multi-label decisions
+    use the per-label thresholds the adapter saved (model.decision), else cfg.threshold; `threshold` sets one
+    for every label instead."""
     fields = template_fields(template, "template")
     if len(fields) != 1:
         raise SoftPromptError(f"classify: the template {template!r} uses the columns {fields}; a text fills exactly "
@@ -188,6 +239,14 @@ def classify_texts(model, texts: list[str], cfg: ClassifyConfig, template: str =
     if model.head is None or model.head.describe()["num_outputs"] != len(cfg.labels):
         raise SoftPromptError(f"classify: the model's head does not give one output per label of {list(cfg.labels)}; "
                               "load the adapter its classify run saved")
+    if threshold is not None:
+        if not 0 <= threshold <= 1:
+            raise SoftPromptError(f"classify: threshold must be a probability in [0, 1], got {threshold}")
+        cut = np.full(len(cfg.labels), float(threshold))
+    elif getattr(model, "decision", None):
+        cut = thresholds_for(model.decision, cfg.labels)
+    else:
+        cut = np.full(len(cfg.labels), cfg.threshold)
     was_training = model.training
     model.eval()
     out = []
@@ -198,7 +257,7 @@ def classify_texts(model, texts: list[str], cfg: ClassifyConfig, template: str =
         scores = model(input_ids.to(model.device), mask.to(model.device), right_padded=True, output="scores").scores.float()
         probs = (torch.sigmoid(scores) if cfg.multi_label else torch.softmax(scores, -1)).cpu()  # (B, L)
         for text, row in zip(chunk, probs.tolist()):
-            chosen = [name for name, p in zip(cfg.labels, row) if p > cfg.threshold] if cfg.multi_label else \
+            chosen = [name for name, p, t in zip(cfg.labels, row, cut) if p > t] if cfg.multi_label else \
                 [cfg.labels[max(range(len(row)), key=row.__getitem__)]]
             out.append(Prediction(text, chosen, dict(zip(cfg.labels, row))))
     model.train(was_training)

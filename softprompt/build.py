@@ -21,7 +21,7 @@ def build_model(cfg: Config, base, tokenizer, kind: str) -> SoftPromptModel:
     table = base.get_input_embeddings().weight  # (V, d)
     seed = cfg.prompt.seed if cfg.prompt.seed is not None else cfg.train.seed
     source = PROMPTS[cfg.prompt.type].build(cfg.prompt, table, tokenizer, kind, cfg.train.seed)
-    head = HEADS[cfg.head.type].build(cfg.head, table.shape[1], seed + 1) if cfg.head is not None else None
+    head = HEADS[cfg.head.type].build(cfg.head, table.shape[1], seed + 1, kind) if cfg.head is not None else None
     return SoftPromptModel(base, source, tokenizer, kind, cfg.model, execution=cfg.prompt.execution, head=head)
 
 

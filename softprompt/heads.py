@@ -9,7 +9,10 @@ last real token of a decoder):
 - last: the last real token of each row, whatever the padding side (causal models: the only position
   that has seen the whole input);
 - first: the first real token (an encoder's [CLS] / <s>);
-- mean: the mean over real tokens.
+- mean: the mean over real tokens;
+- auto (the default): last for causal models; mean for encoders and a seq2seq model's encoder, because
+  sentence encoders (all-MiniLM, SBERT) are trained to be mean-pooled, RoBERTa's <s> and T5 (no [CLS] at
+  all) are trained for nothing in particular, and mean is as good as [CLS] on BERT when the head trains.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ from torch import nn
 
 from softprompt.errors import ConfigError
 
-POOLINGS = ("last", "first", "mean")
+POOLINGS = ("auto", "last", "first", "mean")
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     type: str = "linear"  # linear: one affine map from the pooled hidden state
-    pooling: str = "last"  # last | first | mean (see the module docstring)
+    pooling: str = "auto"  # auto | last | first | mean (see the module docstring)
     num_outputs: int = 2  # classes (CE) or labels (multi-label BCE)
     lr: float | None = None  # None: optim.lr
     weight_decay: float | None = None  # None: optim.weight_decay
@@ -72,8 +75,16 @@ class LinearHead(nn.Module):
                 "pooling": self.pooling}
 
 
-def build(cfg: HeadConfig, dim: int, seed: int) -> LinearHead:
-    return LinearHead(dim, cfg.num_outputs, cfg.pooling, generator=torch.Generator().manual_seed(seed))
+def resolved_pooling(pooling: str, kind: str) -> str:
+    """`auto` made concrete for a base of `kind` (causal | seq2seq | encoder)."""
+    if pooling != "auto":
+        return pooling
+    return "last" if kind == "causal" else "mean"
+
+
+def build(cfg: HeadConfig, dim: int, seed: int, kind: str) -> LinearHead:
+    pooling = resolved_pooling(cfg.pooling, kind)  # the adapter records the concrete one
+    return LinearHead(dim, cfg.num_outputs, pooling, generator=torch.Generator().manual_seed(seed))
 
 
 def param_groups(head: nn.Module, cfg: HeadConfig, optim) -> list[dict]:

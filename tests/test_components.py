@@ -268,6 +268,24 @@ def test_pooling_takes_the_last_real_token_whatever_the_padding_side():
     assert pool(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]
 
 
+@pytest.mark.parametrize("family, expected", [("llama", "last"), ("bert", "mean"), ("t5", "mean")])
+def test_auto_pooling_is_last_for_decoders_and_mean_for_encoders(family, expected, tokenizer):
+    from conftest import build_model as tiny
+
+    from softprompt.build import build_model
+
+    cfg = load_config(None, ["method=ptec", "objective.labels=[a, b]", "head.num_outputs=2", "prompt.num_virtual_tokens=2"])
+    assert cfg.head.pooling == "auto"
+    base = tiny(family, len(tokenizer))
+    model = build_model(cfg, base, tokenizer, "causal" if family == "llama" else "encoder" if family == "bert" else "seq2seq")
+    assert model.head.describe()["pooling"] == expected  # the adapter records the concrete pooling
+    ids, mask = torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 1, 1, 0]])
+    hidden = model.hidden_states(ids, mask).hidden_states  # (1, 4, D)
+    from softprompt.heads import pool
+
+    torch.testing.assert_close(model.head_outputs(ids, mask).scores, model.head.proj(pool(hidden, mask, expected)))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Config: prompt and objective sections, presets, and keys that moved
 

@@ -8,6 +8,15 @@ from softprompt.model import SoftPromptModel
 from softprompt.registry import HEADS, OBJECTIVES, PROMPTS
 
 
+def complete_config(cfg: Config) -> Config:
+    """`cfg` with what its objective reads from the train split (label names a recipe left out); as is
+    when there is nothing to read. Runs before the model is built, whose head size can depend on it."""
+    from softprompt.data import load_splits
+
+    complete = OBJECTIVES[cfg.objective.type].complete
+    return cfg if complete is None else complete(cfg, lambda: load_splits(cfg.data)["train"])
+
+
 def build_objective(cfg: Config):
     """The objective, built before any model loads (its metric names check train.metric)."""
     return OBJECTIVES[cfg.objective.type].build(cfg.objective)

@@ -162,6 +162,8 @@ def from_dict(data: dict | None, warn_moved: bool = True) -> Config:
         kind = given or wanted or default or next(iter(table))
         if section == "prompt":
             values = _prompt_defaults(values, preset, sections["objective"])
+        elif section == "head" and values.get("num_outputs") is None and getattr(sections["objective"], "labels", None):
+            values = {**values, "num_outputs": len(sections["objective"].labels)}  # one output per label
         entry = lookup(table, str(kind), f"{section}.type")
         sections[section] = _build(entry.config_class, {**values, "type": str(kind)}, section)
     cfg = _build(Config, data, "")
@@ -402,6 +404,10 @@ def validate(cfg: Config) -> None:
     for key in ("data.source_template", "data.target_template"):
         template_fields(_get(cfg, key), key)
     _check_data(cfg.data)
+    if cfg.prompt.init in LABEL_INITS and not cfg.prompt.init_labels and not hasattr(cfg.objective, "labels"):
+        # an objective with labels gives them (from the data at the latest); this one has none
+        raise ConfigError(f"prompt.init_labels: required when prompt.init is {cfg.prompt.init!r} and the objective has "
+                          "no labels; give the label names, e.g. prompt.init_labels: [sports, politics]")
     for section, table in (("prompt", PROMPTS), ("objective", OBJECTIVES)):  # checks across sections
         check = table[getattr(cfg, section).type].check
         if check is not None:

@@ -31,14 +31,14 @@ POOLINGS = ("auto", "last", "first", "mean")
 class HeadConfig:
     type: str = "linear"  # linear: one affine map from the pooled hidden state
     pooling: str = "auto"  # auto | last | first | mean (see the module docstring)
-    num_outputs: int = 2  # classes (CE) or labels (multi-label BCE)
+    num_outputs: int | None = None  # classes (CE) or labels (multi-label BCE); None: one per objective label
     lr: float | None = None  # None: optim.lr
     weight_decay: float | None = None  # None: optim.weight_decay
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise ConfigError(f"head.pooling: {self.pooling!r} is not valid; choose one of {list(POOLINGS)}")
-        if self.num_outputs < 1:
+        if self.num_outputs is not None and self.num_outputs < 1:
             raise ConfigError(f"head.num_outputs: must be >= 1, got {self.num_outputs}")
 
 
@@ -83,6 +83,8 @@ def resolved_pooling(pooling: str, kind: str) -> str:
 
 
 def build(cfg: HeadConfig, dim: int, seed: int, kind: str) -> LinearHead:
+    if cfg.num_outputs is None:
+        raise ConfigError("head.num_outputs: not set, and no objective labels give it; set head.num_outputs")
     pooling = resolved_pooling(cfg.pooling, kind)  # the adapter records the concrete one
     return LinearHead(dim, cfg.num_outputs, pooling, generator=torch.Generator().manual_seed(seed))
 

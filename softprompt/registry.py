@@ -20,16 +20,19 @@ from softprompt.methods import Preset
 from softprompt.methods import dept as dept_method
 from softprompt.methods import prompt_tuning
 from softprompt.methods import ptec
-from softprompt.objectives import classify, lm
+from softprompt.objectives import classify, label_data, lm
 
 
 @dataclass(frozen=True)
 class Component:
     config_class: type  # the frozen dataclass its config section builds
-    build: Callable  # prompts: (cfg, table, tokenizer, kind, seed); objectives: (cfg); heads: (cfg, dim, seed)
+    build: Callable  # prompts: (cfg, table, tokenizer, kind, seed); objectives: (cfg); heads: (cfg, dim, seed, kind)
     param_groups: Callable | None = None  # (module, cfg, optim config) -> optimizer groups
     restore: Callable | None = None  # (describe() dict, state dict) -> module, for adapters
     check: Callable | None = None  # (cfg, full Config) -> None: cross-section checks before anything loads
+    # (full Config, train rows loader) -> full Config: settings read from the data before the model is
+    # built, e.g. label names a recipe left out; train records the completed config
+    complete: Callable | None = None
 
 
 PROMPTS: dict[str, Component] = {
@@ -40,7 +43,7 @@ PROMPTS: dict[str, Component] = {
 
 OBJECTIVES: dict[str, Component] = {
     "lm": Component(lm.LMConfig, lm.build),
-    "classify": Component(classify.ClassifyConfig, classify.build, check=classify.check),
+    "classify": Component(classify.ClassifyConfig, classify.build, check=classify.check, complete=label_data.complete),
 }
 
 HEADS: dict[str, Component] = {

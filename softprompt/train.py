@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from softprompt.checkpoint import load_checkpoint, load_trainable_state, read_meta, save_checkpoint, trainable_state
-from softprompt.build import build_model, build_objective, param_groups
+from softprompt.build import build_model, build_objective, complete_config, param_groups
 from softprompt.config import Config, from_dict, to_dict
 from softprompt.data import BatchStream, load_splits
 from softprompt.errors import ConfigError, SoftPromptError
@@ -74,6 +74,7 @@ def train(cfg: Config, resume: bool | str | Path = False, overwrite: bool = Fals
 def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: threading.Event,
            on_accepted: Callable[[], None]) -> RunResult:
     # input checks that need no model: they fail before anything is written
+    cfg = complete_config(cfg)  # settings the data gives (label names a recipe left out), recorded with the run
     objective = build_objective(cfg)
     if cfg.train.metric is None:  # the objective's selection metric; config.yaml and checkpoints record it
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, metric=objective.default_metric))
@@ -224,8 +225,8 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     state, final_metrics, source_step = final_choice(loop, tc)
     if state is not None:
         load_trainable_state(model, state)
-    if eval_items:  # the decision rule for final/'s adapter, fitted on the eval split (PTEC's per-label thresholds)
-        model.decision = objective.fit_decision(model, eval_items, tc.eval_batch_size)
+    if eval_items and hasattr(objective, "fit_decision"):  # the decision rule for final/'s adapter, fitted on
+        model.decision = objective.fit_decision(model, eval_items, tc.eval_batch_size)  # the eval split
         objective.use_decision(model.decision)
         if model.decision is not None:  # what the fitted rule scores on the split it was fitted on (optimistic)
             tuned = objective.evaluate(model, eval_items, tc.eval_batch_size)

@@ -94,8 +94,47 @@ def test_bad_label_data_is_one_clear_error(rows, message, tokenizer):
         objective.encode(Dataset.from_list(rows), tokenizer, data_cfg, "causal", "train")
 
 
+@pytest.mark.parametrize("fmt, rows, expected", [
+    ("columns", [{"id": 7, "text": "a", "red": 1, "x": 0.0, "green": False}, {"id": 1, "text": "b", "red": 0, "x": 1.0, "green": True}],
+     ("red", "x", "green")),  # 0/1 columns in data order: ints, floats, bools; not the id, not the text
+    ("list", [{"text": "a", "labels": ["sky", "red"]}, {"text": "b", "labels": []}], ("red", "sky")),
+    ("index", [{"text": "a", "labels": 2}, {"text": "b", "labels": 0}], ("0", "1", "2")),
+])
+def test_label_names_from_the_train_split(fmt, rows, expected, tmp_path):
+    """A recipe without objective.labels takes them from the train split, with the head's size and a label
+    init's names; the completed config is what the run records."""
+    from softprompt.build import complete_config
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = ["method=ptec", f"data.path={tmp_path}", "data.source_template={text}", f"objective.label_format={fmt}",
+             "data.eval_split=null", "data.test_split=null"]
+    if fmt == "index":
+        items.append("objective.multi_label=false")
+    cfg = load_config(None, items)
+    assert cfg.objective.labels == () and cfg.head.num_outputs is None
+    done = complete_config(cfg)
+    assert done.objective.labels == expected and done.head.num_outputs == len(expected)
+    assert done.prompt.init_labels == expected  # PTEC's label-name init reads them too
+    assert complete_config(done) == done  # given labels are kept as they are
+    with pytest.raises(SoftPromptError, match=rf"head.num_outputs: 9, but the 'train' split has {len(expected)} labels"):
+        complete_config(load_config(None, [*items, "head.num_outputs=9"]))
+
+
+def test_label_names_the_data_cannot_give(tmp_path):
+    from softprompt.build import complete_config
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"text": "a", "kind": "x", "score": 3}) + "\n")
+    base = ["method=ptec", f"data.path={tmp_path}", "data.source_template={text}", "data.eval_split=null",
+            "data.test_split=null"]
+    with pytest.raises(SoftPromptError, match="no column of the 'train' split holds only 0/1 values"):
+        complete_config(load_config(None, base))
+    with pytest.raises(SoftPromptError, match="'kind' does not hold a list of label names"):
+        complete_config(load_config(None, [*base, "objective.label_format=list", "objective.label_column=kind"]))
+    with pytest.raises(ConfigError, match="prompt.init_labels: required when prompt.init is 'label_names'"):
+        load_config(None, ["prompt.init=label_names"])  # the lm objective has no labels to give
+
+
 @pytest.mark.parametrize("items, message", [
-    (["method=ptec", "head.num_outputs=3"], r"objective.labels: the classify objective needs the label names"),
     (["method=ptec", "objective.labels=[a, b, c]", "head.num_outputs=2"], r"head.num_outputs: 2, but objective.labels has 3"),
     (["objective.type=classify", "objective.labels=[a, b]"], r"head: the classify objective scores a head"),
     (["method=ptec", "objective.labels=[a, a]"], r"names repeat"),

@@ -146,6 +146,9 @@ def initial_prompt(pcfg, table: torch.Tensor, tokenizer, seed: int, generator: t
     if pcfg.init == "text":
         ids = tokenizer(pcfg.init_text)["input_ids"]  # special tokens included, as PEFT's TEXT and DePT's code
         return text(table, ids, p)
+    if pcfg.init in ("class_label", "label_names") and not pcfg.init_labels:
+        raise SoftPromptError(f"prompt.init_labels: required when prompt.init is {pcfg.init!r} and the objective has "
+                              "no labels; give the label names, e.g. prompt.init_labels: [sports, politics]")
     if pcfg.init == "class_label":
         ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in pcfg.init_labels]
         return class_label(table, ids, p, special, pcfg.vocab_top_k, generator)

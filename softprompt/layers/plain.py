@@ -63,9 +63,6 @@ class PromptConfig:
                 raise ConfigError(f"prompt.{key}: must be > 0, got {value}")
         if self.init == "text" and not self.init_text:
             raise ConfigError("prompt.init_text: required when prompt.init is 'text'")
-        if self.init in LABEL_INITS and not self.init_labels:
-            raise ConfigError(f"prompt.init_labels: required when prompt.init is {self.init!r} and the objective has "
-                              "no labels; give the label names, e.g. prompt.init_labels: [sports, politics]")
         if self.init == "file" and not self.init_file:
             raise ConfigError("prompt.init_file: required when prompt.init is 'file'")
 

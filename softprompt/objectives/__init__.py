@@ -35,8 +35,9 @@ class Objective(Protocol):
 
     def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]: ...
 
-    # A decision rule fitted on the eval split after training (PTEC's per-label thresholds), saved in the
-    # adapter's sidecar as "decision" and given back on load; None where the objective fits nothing.
+    # Optional (an objective without them fits nothing): a decision rule fitted on the eval split after
+    # training (PTEC's per-label thresholds), saved in the adapter's sidecar as "decision" and given back
+    # to use_decision by `softprompt eval`; fit_decision returns None where there is nothing to fit.
     def fit_decision(self, model, items: list[dict], batch_size: int) -> dict | None: ...
 
     def use_decision(self, decision: dict | None) -> None: ...

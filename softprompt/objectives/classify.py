@@ -37,7 +37,7 @@ from softprompt.objectives.label_data import LABEL_FORMATS
 @dataclass(frozen=True)
 class ClassifyConfig:
     type: str = "classify"
-    labels: tuple[str, ...] = ()  # label names, in the head's output order
+    labels: tuple[str, ...] = ()  # label names, in the head's output order; none: read from the train split
     label_format: str = "columns"  # columns | list | index (see the module docstring)
     label_column: str = "labels"  # the column of the list and index formats
     multi_label: bool = True  # BCE per label; False: one label per row, cross-entropy
@@ -46,9 +46,6 @@ class ClassifyConfig:
     tune_thresholds: bool = True  # multi-label: fit per-label thresholds on the eval split after training
 
     def __post_init__(self):
-        if not self.labels:
-            raise ConfigError("objective.labels: the classify objective needs the label names, e.g. "
-                              "objective.labels: [sports, politics, science]")
         if len(set(self.labels)) != len(self.labels):
             raise ConfigError(f"objective.labels: names repeat in {list(self.labels)}; give each label once")
         if self.label_format not in LABEL_FORMATS:
@@ -67,7 +64,7 @@ def check(cfg: ClassifyConfig, full) -> None:
     if full.head is None:
         raise ConfigError("head: the classify objective scores a head's outputs; add `head: {type: linear}` "
                           f"with num_outputs: {len(cfg.labels)} (or use method: ptec)")
-    if full.head.num_outputs != len(cfg.labels):
+    if cfg.labels and full.head.num_outputs not in (None, len(cfg.labels)):
         raise ConfigError(f"head.num_outputs: {full.head.num_outputs}, but objective.labels has {len(cfg.labels)} "
                           f"labels; set head.num_outputs: {len(cfg.labels)}")
 

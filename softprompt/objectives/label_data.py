@@ -1,5 +1,8 @@
 """Label data shared by the objectives that predict label sets (classify.py, label_text.py).
 
+Label names come from the config (`objective.labels`, in output order) or, when it gives none, from the
+train split (`complete`, run by train before the model is built; the run's config.yaml records them).
+
 A label spec is any config with `labels` (names, in output order), `label_format` (columns | list |
 index), `label_column` and `multi_label`:
 - columns: one 0/1 column per label name (PTEC's released format);
@@ -9,6 +12,7 @@ index), `label_column` and `multi_label`:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -118,3 +122,53 @@ def _index(value, n: int, split: str, i: int, column: str) -> int:
         return value
     raise SoftPromptError(f"data: {split} row {i}: {column!r} holds {value!r}, not a class index in [0, {n}) "
                           "into objective.labels")
+
+
+def labels_from_data(spec, rows, template: str, split: str) -> tuple[str, ...]:
+    """The label names `rows` imply: columns, every column other than the template's whose values are all
+    0/1 (in the data's column order); list, the names that occur (sorted); index, "0" .. str(max index)."""
+    from softprompt.data.templates import template_fields
+
+    fix = "give objective.labels"
+    if spec.label_format == "columns":
+        used = set(template_fields(template, "data.source_template"))
+        table = rows.to_dict()
+        names = tuple(c for c in rows.column_names if c not in used and all(
+            not isinstance(v, str) and v in (0, 1) for v in table[c]))
+        if not names:
+            raise SoftPromptError(f"objective.labels: not given, and no column of the {split!r} split holds only 0/1 "
+                                  f"values to read as labels (its columns are {rows.column_names}); {fix}")
+        return names
+    column = rows.select_columns([spec.label_column]).to_dict()[spec.label_column] if spec.label_column in \
+        rows.column_names else None
+    if column is None:
+        raise SoftPromptError(f"objective.label_column: {spec.label_column!r} is not a column of the {split!r} split; "
+                              f"its columns are {rows.column_names}")
+    if spec.label_format == "list":
+        if not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in column):
+            raise SoftPromptError(f"objective.label_column: {spec.label_column!r} does not hold a list of label names "
+                                  f"in every row of the {split!r} split; fix the data or {fix}")
+        return tuple(sorted({n for names in column for n in names}))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in column):
+        raise SoftPromptError(f"objective.label_column: {spec.label_column!r} does not hold a class index (an integer "
+                              f">= 0) in every row of the {split!r} split; fix the data or {fix}")
+    return tuple(str(i) for i in range(max(column) + 1))
+
+
+def complete(cfg, train_rows):
+    """`cfg` with the label names read from the train split where objective.labels gives none, and what
+    follows from them: head.num_outputs (one per label) and a label init's prompt.init_labels."""
+    spec = cfg.objective
+    if spec.labels:
+        return cfg
+    split, rows = train_rows()
+    labels = labels_from_data(spec, rows, cfg.data.source_template, split)
+    changes = {"objective": dataclasses.replace(spec, labels=labels)}
+    if cfg.head is not None:
+        if cfg.head.num_outputs not in (None, len(labels)):
+            raise SoftPromptError(f"head.num_outputs: {cfg.head.num_outputs}, but the {split!r} split has "
+                                  f"{len(labels)} labels {list(labels)}; drop head.num_outputs or give objective.labels")
+        changes["head"] = dataclasses.replace(cfg.head, num_outputs=len(labels))
+    if getattr(cfg.prompt, "init", None) in ("class_label", "label_names") and not cfg.prompt.init_labels:
+        changes["prompt"] = dataclasses.replace(cfg.prompt, init_labels=labels)
+    return dataclasses.replace(cfg, **changes)

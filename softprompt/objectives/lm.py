@@ -102,12 +102,6 @@ class TextToText:
             metrics.update(exact_match(model, items, batch_size, self.cfg.max_new_tokens))
         return metrics
 
-    def fit_decision(self, model, items: list[dict], batch_size: int) -> None:
-        return None  # generation decides; nothing to fit
-
-    def use_decision(self, decision: dict | None) -> None:
-        pass
-
     @torch.no_grad()
     def eval_loss(self, model, items: list[dict], batch_size: int) -> dict[str, float]:
         """Token-weighted loss over `items` and its perplexity."""

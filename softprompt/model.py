@@ -121,6 +121,7 @@ class SoftPromptModel(nn.Module):
         self.prompt = prompt  # a prompt source (layers/source.py): plain, DePT, bank
         self.head = head  # None, or a trainable module on (hidden_states, attention_mask)
         self.decision: dict | None = None  # the objective's fitted decision rule (per-label thresholds), saved with the adapter
+        self.run_config: dict | None = None  # the config that trained a loaded adapter (its labels, its template)
         self.tokenizer = tokenizer
         self.kind = kind or detect_kind(base.config)
         if self.kind not in KIND_NAMES:
@@ -164,6 +165,7 @@ class SoftPromptModel(nn.Module):
         adapter.check_base(saved, base, repr(str(adapter_dir)))
         model = cls(base, saved.source, tokenizer, kind or detect_kind(base.config), saved.base_config, head=saved.head)
         model.decision = saved.meta.get("decision")
+        model.run_config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else None
         return model.to(base.device)
 
     def save_adapter(self, out_dir: str | Path, **meta) -> Path:

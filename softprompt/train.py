@@ -225,6 +225,7 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     state, final_metrics, source_step = final_choice(loop, tc)
     if state is not None:
         load_trainable_state(model, state)
+    model.run_config = to_dict(cfg)  # what classify_texts reads the labels and template from
     if eval_items and hasattr(objective, "fit_decision"):  # the decision rule for final/'s adapter, fitted on
         model.decision = objective.fit_decision(model, eval_items, tc.eval_batch_size)  # the eval split
         objective.use_decision(model.decision)

@@ -256,6 +256,11 @@ def test_classify_texts_and_the_cli_give_the_trained_heads_probabilities(saved_m
     tuned = json.loads((result.adapter_dir / "softprompt.json").read_text())["decision"]["thresholds"]
     default = classify_texts(result.model, texts, cfg.objective, "{text}", batch_size=2)
     assert [p.labels for p in default] == [[n for n in LABELS if p.probabilities[n] > tuned[n]] for p in predictions]
+    from softprompt import SoftPromptModel
+
+    loaded = classify_texts(SoftPromptModel.from_adapter(result.adapter_dir), texts)  # labels, template: the run's
+    assert [(p.labels, p.probabilities) == (q.labels, pytest.approx(q.probabilities, abs=1e-5)) for p, q in
+            zip(loaded, default)] == [True] * 3
     (tmp_path / "texts.txt").write_text("moss\n\nthe sky\n")
     done = subprocess.run([sys.executable, "-m", "softprompt", "classify", str(result.adapter_dir), "apple and sea",
                            "--file", str(tmp_path / "texts.txt"), "--json"], capture_output=True, text=True, timeout=300)

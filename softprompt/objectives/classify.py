@@ -222,13 +222,17 @@ class Prediction:
 
 
 @torch.no_grad()
-def classify_texts(model, texts: list[str], cfg: ClassifyConfig, template: str = "{text}",
+def classify_texts(model, texts: list[str], cfg: ClassifyConfig | None = None, template: str | None = None,
                    batch_size: int = 64, threshold: float | None = None) -> list[Prediction]:
     """Per-label probabilities and decisions for `texts`: one forward of the body and the head per batch, no
-    generation. `template` renders each text as training rendered its rows (`{text}` is the text; the run's
-    data.source_template with its one column, e.g. PTEC's `{prompt}`, works the same). Multi-label decisions
-    use the per-label thresholds the adapter saved (model.decision), else cfg.threshold; `threshold` sets one
-    for every label instead."""
+    generation. `cfg` (labels, multi-label or not) and `template` default to the run's that trained the
+    adapter (`SoftPromptModel.from_adapter` of a classify run's final/). `template` renders each text as
+    training rendered its rows (`{text}` is the text; a data.source_template with one column, e.g. PTEC's
+    `{prompt}`, works the same). Multi-label decisions use the per-label thresholds the adapter saved
+    (model.decision), else cfg.threshold; `threshold` sets one for every label instead."""
+    if cfg is None or template is None:
+        run_cfg, run_template = _run_settings(model)
+        cfg, template = cfg or run_cfg, template or run_template
     fields = template_fields(template, "template")
     if len(fields) != 1:
         raise SoftPromptError(f"classify: the template {template!r} uses the columns {fields}; a text fills exactly "
@@ -259,6 +263,21 @@ def classify_texts(model, texts: list[str], cfg: ClassifyConfig, template: str =
             out.append(Prediction(text, chosen, dict(zip(cfg.labels, row))))
     model.train(was_training)
     return out
+
+
+def _run_settings(model) -> tuple[ClassifyConfig, str]:
+    """The classify config and source template of the run that trained `model`'s adapter."""
+    from softprompt.config import from_dict
+
+    run = getattr(model, "run_config", None)
+    if run is None:
+        raise SoftPromptError("classify: the model records no run config (its labels are unknown); load a classify "
+                              "run's final/ with SoftPromptModel.from_adapter, or pass cfg=ClassifyConfig(labels=...)")
+    full = from_dict(run, warn_moved=False)
+    if full.objective.type != "classify":
+        raise SoftPromptError(f"classify: the adapter was trained with objective {full.objective.type!r}, not classify; "
+                              "use generate for text-to-text adapters")
+    return full.objective, full.data.source_template
 
 
 def build(cfg: ClassifyConfig) -> Classification:

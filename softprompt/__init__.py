@@ -12,7 +12,7 @@ from softprompt.config import Config, load_config  # noqa: E402
 from softprompt.errors import ConfigError, SoftPromptError  # noqa: E402
 from softprompt.loading import ModelConfig  # noqa: E402
 from softprompt.model import SoftPromptModel  # noqa: E402
-from softprompt.objectives.classify import classify_texts  # noqa: E402
+from softprompt.predict import classify_texts  # noqa: E402
 from softprompt.train import RunResult, train  # noqa: E402
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "RunResult", "SoftPromptError", "SoftPromptModel", "classify_texts",

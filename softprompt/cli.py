@@ -191,6 +191,8 @@ def cmd_eval(args) -> int:
     objective = build_objective(cfg)
     split, rows = load_eval_split(cfg.data, args.split)  # the test split, else the eval split (carved or not)
     model = load_adapter(args.adapter)
+    if hasattr(objective, "use_decision"):  # e.g. the per-label thresholds the run fitted: eval adds tuned_* metrics
+        objective.use_decision(model.decision)
     items = objective.encode(rows, model.tokenizer, cfg.data, model.kind, split)
     data = cfg.data.path + (f" ({cfg.data.name})" if cfg.data.name else "")
     if not args.json:  # before the metrics, which take a while: what is being scored
@@ -216,7 +218,7 @@ def cmd_classify(args) -> int:
     """Per-label probabilities and decisions from a classify run's adapter: one forward per batch."""
     from softprompt.config import config_with
     from softprompt.export import load_adapter
-    from softprompt.objectives.classify import classify_texts
+    from softprompt.predict import classify_texts
 
     texts = list(args.texts)
     if args.file:
@@ -225,6 +227,8 @@ def cmd_classify(args) -> int:
         texts += [line for line in read_utf8(Path(args.file), "--file").splitlines() if line.strip()]
     if not texts:
         raise SoftPromptError("classify: no texts; give TEXTS on the command line or --file with one text per line")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:  # before the model loads
+        raise SoftPromptError(f"classify: --threshold must be a probability in [0, 1], got {args.threshold}")
     config, _ = run_config(args.adapter)
     if config is None:
         raise SoftPromptError(f"classify: {args.adapter} records no run config (softprompt.json or config.yaml beside "
@@ -234,7 +238,8 @@ def cmd_classify(args) -> int:
         raise SoftPromptError(f"classify: {args.adapter} was trained with objective {cfg.objective.type!r}, not "
                               "classify; use softprompt generate for text-to-text adapters")
     model = load_adapter(args.adapter)
-    for p in classify_texts(model, texts, cfg.objective, cfg.data.source_template, cfg.train.eval_batch_size):
+    for p in classify_texts(model, texts, cfg.objective, cfg.data.source_template, cfg.train.eval_batch_size,
+                            threshold=args.threshold):
         if args.json:
             print(json.dumps({"text": p.text, "labels": p.labels, "probabilities": p.probabilities}))
         else:
@@ -356,6 +361,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", metavar="TEXTS", help="texts to label")
     p.add_argument("--file", default=None, metavar="F", help="a UTF-8 file with one text per line (after TEXTS)")
     p.add_argument("--json", action="store_true", help="one JSON object per text: its labels and every probability")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="decide every label at probability T (default: the per-label thresholds the run fitted "
+                        "on its eval split, else objective.threshold)")
     p.set_defaults(fn=cmd_classify)
     p = command("export", "write an adapter dir (PEFT + serving) from a checkpoint")
     p.add_argument("checkpoint", help="a run's checkpoint dir, checkpoints/RUN/step_NNNNNN")

@@ -160,20 +160,26 @@ def from_dict(data: dict | None, warn_moved: bool = True) -> Config:
                               f"{section}.type {wanted!r}; drop one of them (a method is a preset over the sections)")
         # a section given without a type takes its preset's, else the default, else the first registered
         kind = given or wanted or default or next(iter(table))
-        if section == "prompt":
-            values = _prompt_defaults(values, preset, sections["objective"])
+        if section == "prompt":  # the preset named, else the one the sections amount to (its init applies too)
+            values = _prompt_defaults(values, preset or METHODS.get(_preset_of(str(kind), sections) or ""),
+                                      sections["objective"])
         elif section == "head" and values.get("num_outputs") is None and getattr(sections["objective"], "labels", None):
             values = {**values, "num_outputs": len(sections["objective"].labels)}  # one output per label
         entry = lookup(table, str(kind), f"{section}.type")
         sections[section] = _build(entry.config_class, {**values, "type": str(kind)}, section)
     cfg = _build(Config, data, "")
     if name is None:  # the preset these sections amount to, if any
-        name = next((n for n, p in METHODS.items() if (p.prompt, p.objective, p.head) ==
-                     (sections["prompt"].type, sections["objective"].type,
-                      sections["head"].type if sections["head"] is not None else None)), None)
+        name = _preset_of(sections["prompt"].type, sections)
     cfg = dataclasses.replace(cfg, method=MethodConfig(name), **sections)
     validate(cfg)
     return cfg
+
+
+def _preset_of(prompt_type: str, sections: dict) -> str | None:
+    """The name of the preset over this prompt type and the built objective and head sections, if any."""
+    head = sections["head"].type if sections["head"] is not None else None
+    return next((n for n, p in METHODS.items() if (p.prompt, p.objective, p.head) ==
+                 (prompt_type, sections["objective"].type, head)), None)
 
 
 def _prompt_defaults(values: dict, preset, objective) -> dict:

@@ -2,7 +2,7 @@
 
 Four kinds of component, each a file with its frozen config and paper link:
 - PROMPTS: how the virtual rows are produced (layers/): plain, DePT, a bank;
-- OBJECTIVES: what they are trained for (objectives/): text-to-text LM, classification;
+- OBJECTIVES: what they are trained for (objectives/): text-to-text LM, classification, label lists as text;
 - HEADS: a trainable module on aligned hidden states (heads.py);
 - the base loader is `loading.load_base`, whose `ModelConfig` records quantization and placement.
 A method (METHODS) is a preset naming one of each. Adding a method is a file plus a line here.
@@ -20,7 +20,8 @@ from softprompt.methods import Preset
 from softprompt.methods import dept as dept_method
 from softprompt.methods import prompt_tuning
 from softprompt.methods import ptec
-from softprompt.objectives import classify, label_data, lm
+from softprompt.methods import ptec_text
+from softprompt.objectives import classify, label_data, label_text, lm
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ PROMPTS: dict[str, Component] = {
 OBJECTIVES: dict[str, Component] = {
     "lm": Component(lm.LMConfig, lm.build),
     "classify": Component(classify.ClassifyConfig, classify.build, check=classify.check, complete=label_data.complete),
+    "label_text": Component(label_text.LabelTextConfig, label_text.build, check=label_text.check,
+                            complete=label_data.complete),
 }
 
 HEADS: dict[str, Component] = {
@@ -54,6 +57,7 @@ METHODS: dict[str, Preset] = {
     "prompt_tuning": prompt_tuning.PRESET,
     "dept": dept_method.PRESET,
     "ptec": ptec.PRESET,
+    "ptec_text": ptec_text.PRESET,
 }
 
 

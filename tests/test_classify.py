@@ -237,7 +237,7 @@ def test_classify_texts_and_the_cli_give_the_trained_heads_probabilities(saved_m
     import sys
 
     from softprompt import train
-    from softprompt.objectives.classify import classify_texts
+    from softprompt.predict import classify_texts
 
     data = write_multilabel(tmp_path / "d")
     cfg = load_config(None, ptec_overrides(saved_model("llama"), data, tmp_path / "out", **{"train.max_steps": 4}))

@@ -99,8 +99,8 @@ def label_counts(targets: np.ndarray, labels: tuple[str, ...], split: str) -> np
     counts = targets.sum(0)  # (L,)
     never = [name for name, n in zip(labels, counts) if n == 0]
     if never:
-        raise SoftPromptError(f"data: label(s) {never} never occur in the {split!r} split, so the classifier cannot "
-                              "learn them (and their pos_weight would be infinite); drop them from objective.labels "
+        raise SoftPromptError(f"data: label(s) {never} never occur in the {split!r} split, so nothing can learn them "
+                              "(and their inverse-frequency weight would be infinite); drop them from objective.labels "
                               "or add rows that have them")
     return counts
 

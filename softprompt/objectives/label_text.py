@@ -315,12 +315,6 @@ class LabelText:
         pieces = len(text.split(self.cfg.separator)) if text.strip() else 0
         return Decoded(parsed.labels, pieces - len(parsed.labels), finished)
 
-    def fit_decision(self, model, items: list[dict], batch_size: int) -> None:
-        return None  # generation decides; nothing to fit
-
-    def use_decision(self, decision: dict | None) -> None:
-        pass
-
 
 def row_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B,) each row's mean token CE over its target tokens. Only `model(...)` is called (DDP/FSDP wrappers

@@ -89,6 +89,7 @@ def save(model, out_dir: str | Path, **meta) -> Path:
         "peft_tensor": peft_key,  # which prompt state tensor adapter_model.safetensors holds, or null
         "head": head.describe() if head is not None else None,
         "decision": model.decision,  # the objective's fitted decision rule (per-label thresholds), or null
+        "config": model.run_config,  # the run that trained it (labels, template), when known; meta may say
         **meta,
     }
     (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=str))

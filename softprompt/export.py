@@ -3,11 +3,14 @@ adapter.py)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from softprompt.adapter import read_json, read_tensors
+from softprompt.adapter import SIDECAR, read_json, read_tensors
 from softprompt.errors import SoftPromptError
 from softprompt.model import SoftPromptModel
+
+log = logging.getLogger(__name__)
 
 
 def load_adapter(adapter_dir: str | Path, base=None, tokenizer=None) -> SoftPromptModel:
@@ -28,6 +31,20 @@ def check_new_output(out: str | Path) -> Path:
         raise SoftPromptError(f"export: {str(out)!r} is not empty, and export would replace what it holds; {fix}, "
                               "or delete it first")
     return path
+
+
+def final_decision(ckpt: Path, step) -> dict | None:
+    """The decision rule (per-label thresholds) of the run's final/ when it holds this checkpoint's step:
+    it was fitted for exactly these weights. Any other step decides at the fixed threshold, said once."""
+    final = ckpt.parent / "final" / SIDECAR
+    meta = read_json(final, "re-train the run, or export without it") if final.is_file() else {}
+    if not meta.get("decision"):
+        return None
+    if meta.get("source_step") == step:
+        return meta["decision"]
+    log.warning("export: %s is not the step final/ holds (step %s), whose per-label thresholds were fitted for its "
+                "own weights; the export decides at objective.threshold", ckpt.name, meta.get("source_step"))
+    return None
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
@@ -56,5 +73,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
                               f"describes (tensors {wrong[:3]}); {fix}")
     load_trainable_state(model, tensors)
     step = meta.get("step")  # the sidecar says what ran, as train's final/ does (eval reads its config)
+    model.decision = final_decision(ckpt, step)
     return model.save_adapter(out, method=cfg.method.name, steps=step, source_step=step, chosen_by="exported checkpoint",
                               config=meta["config"])

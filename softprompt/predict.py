@@ -27,14 +27,17 @@ class Prediction:
 def classify_texts(model, texts: list[str], cfg: ClassifyConfig | None = None, template: str | None = None,
                    batch_size: int = 64, threshold: float | None = None) -> list[Prediction]:
     """Per-label probabilities and decisions for `texts`: one forward of the body and the head per batch, no
-    generation. `cfg` (labels, multi-label or not) and `template` default to the run's that trained the
-    adapter (`SoftPromptModel.from_adapter` of a classify run's final/). `template` renders each text as
+    generation. `cfg` (labels, multi-label or not) defaults to the run's that trained the adapter
+    (`SoftPromptModel.from_adapter` of a classify run's final/), `template` to that run's, else "{text}".
+    `template` renders each text as
     training rendered its rows (`{text}` is the text; a data.source_template with one column, e.g. PTEC's
     `{prompt}`, works the same). Multi-label decisions use the per-label thresholds the adapter saved
     (model.decision), else cfg.threshold; `threshold` sets one for every label instead."""
-    if cfg is None or template is None:
-        run_cfg, run_template = _run_settings(model)
-        cfg, template = cfg or run_cfg, template or run_template
+    if cfg is None:
+        cfg, run_template = _run_settings(model)
+        template = template or run_template
+    elif template is None:
+        template = _run_settings(model)[1] if getattr(model, "run_config", None) else "{text}"
     fields = template_fields(template, "template")
     if len(fields) != 1:
         raise SoftPromptError(f"classify: the template {template!r} uses the columns {fields}; a text fills exactly "
@@ -43,6 +46,9 @@ def classify_texts(model, texts: list[str], cfg: ClassifyConfig | None = None, t
         raise SoftPromptError(f"classify: the model's head does not give one output per label of {list(cfg.labels)}; "
                               "load the adapter its classify run saved")
     if threshold is not None:
+        if not cfg.multi_label:
+            raise SoftPromptError("classify: a threshold decides multi-label runs; this one is multi-class and "
+                                  "decides by the most probable label, so drop the threshold")
         if not 0 <= threshold <= 1:
             raise SoftPromptError(f"classify: threshold must be a probability in [0, 1], got {threshold}")
         cut = np.full(len(cfg.labels), float(threshold))

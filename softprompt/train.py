@@ -186,8 +186,9 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
         if step % tc.log_every == 0 or step == tc.max_steps:
             train_loss = (accelerator.reduce(loss_total, reduction="sum") / total).item()
             elapsed = time.perf_counter() - window_start
-            values = {"train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
-                      "tokens_per_s": total.item() / max(elapsed, 1e-9)}
+            # input tokens (not the objective's normaliser: label tokens, rows x labels, row weights), all processes
+            tokens = accelerator.reduce(sum(input_tokens(b) for b in micro).float(), reduction="sum").item()
+            values = {"train_loss": train_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(elapsed, 1e-9)}
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm)
             record(values, step)
@@ -319,6 +320,10 @@ RESUMABLE = frozenset({
     "train.output_dir", "train.run_name", "train.max_steps", "train.eval_every", "train.save_every",
     "train.log_every", "train.keep_checkpoints", "train.progress_bar", "train.trackers",
     "train.early_stopping_patience", "train.eval_batch_size", "train.keep_best",
+    # the prompt's starting point: the checkpoint's prompt replaces it on resume
+    "prompt.init", "prompt.init_labels", "prompt.init_text", "prompt.init_file", "prompt.init_range",
+    "prompt.vocab_top_k", "prompt.seed",
+    "objective.tune_thresholds",  # only read after the last step
 })
 
 
@@ -340,6 +345,12 @@ def check_resumable(old: dict | None, cfg: Config, ckpt: Path) -> None:
         diff = ", ".join(f"{k} ({before.get(k, '<unset>')} -> {now.get(k, '<unset>')})" for k in changed)
         raise SoftPromptError(f"cannot resume {ckpt}: the recipe changed {diff}; restore those values, "
                               "or train with --overwrite instead of --resume to start over")
+
+
+def input_tokens(batch: dict) -> torch.Tensor:
+    """The batch's real input tokens (its attention mask's ones; every position without one)."""
+    mask = batch.get("attention_mask")
+    return mask.sum() if mask is not None else torch.tensor(batch["input_ids"].numel(), device=batch["input_ids"].device)
 
 
 def finished(loop: dict, tc) -> bool:
@@ -378,6 +389,7 @@ def finished_result(run_dir: Path, loop: dict, model) -> RunResult:
     if loop["best_state"] is not None and meta.get("source_step") == loop["best_step"] != loop["step"]:
         load_trainable_state(model, loop["best_state"])
     model.decision = meta.get("decision")
+    model.run_config = meta.get("config") if isinstance(meta.get("config"), dict) else None
     metrics = meta.get("metrics") or {}
     lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
     return RunResult(run_dir, run_dir / "final", loop["step"], model.trainable_parameters(), loop["before"],

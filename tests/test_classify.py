@@ -98,7 +98,7 @@ def test_bad_label_data_is_one_clear_error(rows, message, tokenizer):
     ("columns", [{"id": 7, "text": "a", "red": 1, "x": 0.0, "green": False}, {"id": 1, "text": "b", "red": 0, "x": 1.0, "green": True}],
      ("red", "x", "green")),  # 0/1 columns in data order: ints, floats, bools; not the id, not the text
     ("list", [{"text": "a", "labels": ["sky", "red"]}, {"text": "b", "labels": []}], ("red", "sky")),
-    ("index", [{"text": "a", "labels": 2}, {"text": "b", "labels": 0}], ("0", "1", "2")),
+    ("index", [{"text": "a", "labels": 2}, {"text": "b", "labels": 0}, {"text": "c", "labels": 1}], ("0", "1", "2")),
 ])
 def test_label_names_from_the_train_split(fmt, rows, expected, tmp_path):
     """A recipe without objective.labels takes them from the train split, with the head's size and a label
@@ -333,3 +333,79 @@ def test_thresholds_round_trip_with_the_adapter(saved_model, tmp_path):
     assert json.loads(done.stdout)["eval_tuned_macro_f1"] == pytest.approx(result.test["test_tuned_macro_f1"], abs=1e-6)
     off = load_config(None, ptec_overrides(saved_model("llama"), data, tmp_path / "off", **{"objective.tune_thresholds": "false"}))
     assert json.loads((train(off).adapter_dir / "softprompt.json").read_text())["decision"] is None
+
+
+@pytest.mark.slow
+def test_a_run_without_label_names_round_trips_everywhere(saved_model, tmp_path):
+    """Labels read from the data reach every path that reads a run back: eval with the recipe (not the
+    recorded config), a finished run resumed, a re-saved adapter, an exported checkpoint, classify."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from softprompt import SoftPromptModel, classify_texts, train
+    from softprompt.config import to_dict
+    from softprompt.export import export_checkpoint
+
+    data = write_multilabel(tmp_path / "d")
+    items = [i for i in ptec_overrides(saved_model("llama"), data, tmp_path / "out")
+             if not i.startswith(("objective.labels", "head.num_outputs"))]
+    cfg = load_config(None, items)
+    assert cfg.objective.labels == ()
+    result = train(cfg)
+    assert result.model.run_config["objective"]["labels"] == LABELS  # the columns, in the data's order
+    meta = json.loads((result.adapter_dir / "softprompt.json").read_text())
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(to_dict(cfg)))  # no labels: eval reads them from the train split again
+    done = subprocess.run([sys.executable, "-m", "softprompt", "eval", str(result.adapter_dir), str(recipe), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["eval_tuned_macro_f1"] == pytest.approx(result.test["test_tuned_macro_f1"], abs=1e-6)
+
+    texts = ["apple and sea", "moss"]
+    expected = [p.labels for p in classify_texts(result.model, texts)]
+    again = train(cfg, resume=True)  # already finished: read back, nothing rewritten
+    assert [p.labels for p in classify_texts(again.model, texts)] == expected
+    resaved = SoftPromptModel.from_adapter(result.adapter_dir).save_adapter(tmp_path / "resaved")
+    back = SoftPromptModel.from_adapter(resaved)
+    assert back.decision == meta["decision"] and [p.labels for p in classify_texts(back, texts)] == expected
+    same = export_checkpoint(result.run_dir / f"step_{meta['source_step']:06d}", tmp_path / "same")
+    assert json.loads((same / "softprompt.json").read_text())["decision"] == meta["decision"]  # fitted for these weights
+    other = export_checkpoint(result.run_dir / f"step_{24 - meta['source_step']:06d}", tmp_path / "other")  # 8 or 16
+    assert json.loads((other / "softprompt.json").read_text())["decision"] is None  # decides at objective.threshold
+    bare = SoftPromptModel.from_adapter(result.adapter_dir)
+    bare.run_config = None  # a model built in code: the labels come as a config, the template is "{text}"
+    from softprompt.config import from_dict
+
+    objective = from_dict(result.model.run_config).objective
+    assert [p.labels for p in classify_texts(bare, texts, objective)] == expected
+
+
+@pytest.mark.parametrize("rows, items, message", [
+    ([{"text": "a", "red": 1, "blue": 0}] * 3 + [{"text": "b", "red": 0, "blue": 1}], ["data.max_train_samples=3"],
+     r"label\(s\) \['blue'\], read from the 'train' split, occur in none of the rows training reads"),
+    ([{"text": "a", "y": 0}, {"text": "b", "y": 2}], ["objective.label_format=index", "objective.label_column=y",
+                                                       "objective.multi_label=false"], r"label\(s\) \['1'\], read from"),
+])
+def test_label_names_read_from_data_that_cannot_train_them(rows, items, message, tmp_path):
+    from softprompt.build import complete_config
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["method=ptec", f"data.path={tmp_path}", "data.source_template={text}", "data.eval_split=null",
+            "data.test_split=null"]
+    with pytest.raises(SoftPromptError, match=message):
+        complete_config(load_config(None, [*base, *items]))
+
+
+def test_a_threshold_is_refused_for_multi_class(saved_model, tokenizer):
+    from softprompt import classify_texts
+    from softprompt.objectives.classify import ClassifyConfig
+
+    base = build_model("llama", len(tokenizer))
+    model = SoftPromptModel(base, PromptEmbedding(torch.randn(2, base.config.hidden_size)), tokenizer,
+                            head=LinearHead(base.config.hidden_size, 2, "last"))
+    cfg = ClassifyConfig(labels=("a", "b"), label_format="index", multi_label=False)
+    assert len(classify_texts(model, ["apple"], cfg)) == 1  # no run config: the template is "{text}"
+    with pytest.raises(SoftPromptError, match="a threshold decides multi-label runs"):
+        classify_texts(model, ["apple"], cfg, threshold=0.3)

@@ -1,9 +1,10 @@
 """Prompt initialisations. Each returns a (p, d) fp32 tensor; none touches the model.
 
 Lester et al. 2021 §3.2 (https://arxiv.org/abs/2104.08691) compare random uniform, sampled vocabulary
-and class-label inits (PTEC's label-name init is a variant: the names' tokens, one per slot); class-label is their default and random is worst. PEFT's RANDOM is N(0, 1),
-far off the scale of decoder embedding tables, and its SAMPLE_VOCAB draws from the whole vocabulary
-(rare and garbage rows included), so our default samples frequent, non-special rows instead.
+and class-label inits; class-label is their default and random is worst (PTEC's label-name init is a
+variant: the names' tokens, one per slot). PEFT's RANDOM is N(0, 1), far off the scale of decoder
+embedding tables, and its SAMPLE_VOCAB draws from the whole vocabulary (rare and garbage rows
+included), so our default samples frequent, non-special rows instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 import torch
 
 from softprompt.errors import SoftPromptError, gist
+
+LABEL_INITS = ("class_label", "label_names")  # inits that read init_labels (default: the objective's labels)
 
 
 def uniform(num_tokens: int, dim: int, init_range: float, generator: torch.Generator) -> torch.Tensor:
@@ -146,7 +149,7 @@ def initial_prompt(pcfg, table: torch.Tensor, tokenizer, seed: int, generator: t
     if pcfg.init == "text":
         ids = tokenizer(pcfg.init_text)["input_ids"]  # special tokens included, as PEFT's TEXT and DePT's code
         return text(table, ids, p)
-    if pcfg.init in ("class_label", "label_names") and not pcfg.init_labels:
+    if pcfg.init in LABEL_INITS and not pcfg.init_labels:
         raise SoftPromptError(f"prompt.init_labels: required when prompt.init is {pcfg.init!r} and the objective has "
                               "no labels; give the label names, e.g. prompt.init_labels: [sports, politics]")
     if pcfg.init == "class_label":

@@ -16,12 +16,11 @@ import torch
 
 from softprompt.errors import ConfigError
 from softprompt.layers.fused import KERNELS
-from softprompt.layers.inits import initial_prompt
+from softprompt.layers.inits import LABEL_INITS, initial_prompt
 from softprompt.layers.prompt_embedding import PromptEmbedding
 from softprompt.shared_prefix import EXECUTIONS
 
-INITS = ("vocab", "uniform", "text", "class_label", "label_names", "file")
-LABEL_INITS = ("class_label", "label_names")  # inits that read init_labels (default: the objective's labels)
+INITS = ("vocab", "uniform", "text", *LABEL_INITS, "file")
 CHOICES = {"init": INITS, "kernel": KERNELS, "execution": EXECUTIONS}
 POSITIVE = {"num_virtual_tokens": int, "vocab_top_k": int, "init_range": float}  # each must be > 0
 

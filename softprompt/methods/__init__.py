@@ -2,7 +2,8 @@
 anything specific to it (DePT's budget table, its official-adapter import); registry.py lists them.
 
 A preset fills the config's `prompt.type` and `objective.type` (and a head where the method has one),
-and the method's own default prompt init if it has one (PTEC's label names), so "PTEC with a DePT prompt" is a recipe, not a new method.
+and the method's own default prompt init if it has one (PTEC's label names), so "PTEC with a DePT
+prompt" is a recipe, not a new method.
 """
 
 from __future__ import annotations

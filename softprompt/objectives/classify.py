@@ -16,7 +16,8 @@ The normaliser the loop sums is rows x labels (multi-label) or rows (multi-class
 processes give the mean the official loss takes.
 
 Labels come in one of three layouts (`objective.label_format`, read by label_data.py): one 0/1 column
-per label (PTEC's released format), a list of names per row, or a class index per row. The text is `data.source_template` over the row (PTEC's `prompt` column: `{prompt}`).
+per label (PTEC's released format), a list of names per row, or a class index per row. The text is
+`data.source_template` over the row (PTEC's `prompt` column: `{prompt}`).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import torch
 
 from softprompt.data.templates import render, template_fields
 from softprompt.errors import SoftPromptError
+from softprompt.layers.inits import LABEL_INITS
 
 LABEL_FORMATS = ("columns", "list", "index")
 
@@ -64,9 +65,12 @@ def check_columns(spec, columns: set[str], template: str, split: str) -> None:
 def label_matrix(spec, rows, split: str) -> np.ndarray:
     """(N, L) 0/1: row i has label j. Multi-class specs are checked to give exactly one label per row."""
     labels, fmt = spec.labels, spec.label_format
+    if not labels:  # train fills them from the data (complete); a caller that skips it gets this
+        raise SoftPromptError("objective.labels: no label names; give them, or let the train split give them "
+                              "(softprompt.build.complete_config)")
     if fmt == "columns":
         table = rows.select_columns(list(labels)).to_dict()
-        values = np.array([[_binary(v, split, i, name) for i, v in enumerate(table[name])] for name in labels]).T
+        values = np.array([[_binary(v, split, i, name) for i, v in enumerate(table[name])] for name in labels]).T  # (L, N) -> (N, L)
     else:
         column = rows.select_columns([spec.label_column]).to_dict()[spec.label_column]
         values = np.zeros((len(column), len(labels)), dtype=int)
@@ -127,8 +131,6 @@ def _index(value, n: int, split: str, i: int, column: str) -> int:
 def labels_from_data(spec, rows, template: str, split: str) -> tuple[str, ...]:
     """The label names `rows` imply: columns, every column other than the template's whose values are all
     0/1 (in the data's column order); list, the names that occur (sorted); index, "0" .. str(max index)."""
-    from softprompt.data.templates import template_fields
-
     fix = "give objective.labels"
     if spec.label_format == "columns":
         used = set(template_fields(template, "data.source_template"))
@@ -162,13 +164,20 @@ def complete(cfg, train_rows):
     if spec.labels:
         return cfg
     split, rows = train_rows()
+    rows = limited(rows, cfg.data, split)  # the rows training reads (data.max_train_samples)
     labels = labels_from_data(spec, rows, cfg.data.source_template, split)
-    changes = {"objective": dataclasses.replace(spec, labels=labels)}
+    spec = dataclasses.replace(spec, labels=labels)
+    never = [name for name, n in zip(labels, label_matrix(spec, rows, split).sum(0)) if n == 0]
+    if never:  # e.g. a 0/1 column that is all 0 in the rows training reads, or an index no row has
+        raise SoftPromptError(f"data: label(s) {never}, read from the {split!r} split, occur in none of the rows "
+                              "training reads, so nothing can learn them; give objective.labels without them, or add "
+                              "rows that have them")
+    changes = {"objective": spec}
     if cfg.head is not None:
         if cfg.head.num_outputs not in (None, len(labels)):
             raise SoftPromptError(f"head.num_outputs: {cfg.head.num_outputs}, but the {split!r} split has "
                                   f"{len(labels)} labels {list(labels)}; drop head.num_outputs or give objective.labels")
         changes["head"] = dataclasses.replace(cfg.head, num_outputs=len(labels))
-    if getattr(cfg.prompt, "init", None) in ("class_label", "label_names") and not cfg.prompt.init_labels:
+    if getattr(cfg.prompt, "init", None) in LABEL_INITS and not cfg.prompt.init_labels:
         changes["prompt"] = dataclasses.replace(cfg.prompt, init_labels=labels)
     return dataclasses.replace(cfg, **changes)

@@ -322,8 +322,9 @@ def row_losses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     rows need their own means)."""
     logits = model(batch["input_ids"], batch["attention_mask"], labels=batch["labels"], right_padded=True).logits
     share = batch["share"]  # (B, T), aligned with the logits as batch["targets"] is
-    ce = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100, reduction="none")
-    return (ce.view_as(share) * share).sum(1)
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=-100,
+                         reduction="none")  # (B*T,) from logits (B*T, V)
+    return (ce.view_as(share) * share).sum(1)  # (B, T) -> (B,)
 
 
 def pad_left(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

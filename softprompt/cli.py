@@ -157,24 +157,35 @@ def demo_classify(args) -> int:
     """PTEC on the bundled model and companies (softprompt/data/demo/classify): held-out macro-F1 before and after."""
     from dataclasses import replace
 
+    import torch
+
     from softprompt.config import load_config
     from softprompt.train import train
 
-    # Chosen on validation macro-F1 (softprompt/data/demo/classify/README.md): a 10-vector prompt at AdamW 0.1
-    # (the LM demo's rate; 0.03 and 0.3 did no better) and the head at 0.1 (0.01-0.03 trail by ~0.01 at 600
-    # steps), linear decay; batch 16 x 600 steps (~18 epochs of the 546 rows): 1,000 steps or 20 vectors did
-    # no better, batch 32 x 300 steps did worse. Seeds 0-2 ended at test macro-F1 0.771-0.778. Last-token
-    # pooling (PTEC's): the row ends in `COMPANY =`, where the model recalls the company's facts.
+    # Settings (seed 0, validation / test macro-F1 after training; the data's README has more): a 10-vector
+    # prompt at AdamW 0.1 (the LM demo's rate) with linear decay, the head at 0.1, batch 16 x 600 steps (~18
+    # epochs of the 546 rows), last-token pooling (PTEC's; a row ends in `COMPANY =`, where the model recalls
+    # the company's facts): 0.81 / 0.78. Within noise of it: head lr 0.03 (0.81 / 0.76), prompt lr 0.03
+    # (0.80 / 0.76), 1,000 steps (0.84 / 0.75). Worse: 20 vectors (0.77 / 0.74), batch 32 x 300 steps
+    # (0.78 / 0.74), the head alone on a frozen prompt (0.67 / 0.66). Seeds 0-2: test 0.77-0.78.
     demo = ["method=ptec", "train.run_name=demo-classify", f"data.path={DEMO_CLASSIFY}", "data.source_template={text}",
-            f"objective.labels=[{','.join(DEMO_SECTORS)}]", "objective.label_format=list", "objective.label_column=labels",
-            f"head.num_outputs={len(DEMO_SECTORS)}", "head.pooling=last", "head.lr=0.1", "prompt.num_virtual_tokens=10",
-            "optim.lr=0.1", "optim.scheduler=linear", "optim.warmup_steps=10", "train.max_steps=600",
-            "train.batch_size=16", "train.eval_every=200", "train.save_every=200"]
+            f"objective.labels=[{','.join(DEMO_SECTORS)}]", "objective.label_format=list",
+            "objective.label_column=labels", "head.pooling=last",
+            "head.lr=0.1", "prompt.num_virtual_tokens=10", "optim.lr=0.1", "optim.scheduler=linear",
+            "optim.warmup_steps=10", "train.max_steps=600", "train.batch_size=16", "train.eval_every=200",
+            "train.save_every=200"]
     cfg = load_config(None, [*demo, *args.overrides])
-    print("softprompt demo --task classify: PTEC (a soft prompt and a linear head) on the bundled causal LM, "
-          "sorting companies into sectors (softprompt/data/demo/classify)")
-    # a canned run, as the LM demo: running it again replaces its own run dir
-    result = train(cfg, resume=False, overwrite=True, on_accepted=args.release_output)
+    print("softprompt demo --task classify: PTEC on the bundled causal LM, companies into sectors "
+          "(softprompt/data/demo/classify)")
+    # One intra-op thread: the model is 128 wide, so a second thread buys little, and on a machine whose cores
+    # are busy (CI, other jobs) two threads waiting on each other took 5m46s where one took 26 s (600 steps,
+    # 2 cores at load 4). Restored after, for a caller that runs main() in-process.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # a canned run, as the LM demo: running it again replaces its own run dir
+        result = train(cfg, resume=False, overwrite=True, on_accepted=args.release_output)
+    finally:
+        torch.set_num_threads(threads)
     if not _main_process():
         return 0
     if args.json:
@@ -195,6 +206,9 @@ def demo_classify(args) -> int:
           f"sectors: {result.trainable_parameters:,} trainable parameters; the base model stays frozen")
     print(f"held-out companies before training: {f1(result.before)}")
     print(f"held-out companies after training:  {f1(after)}  ({split} split, {result.steps} steps)")
+    if f"{split}_tuned_macro_f1" in after:  # the per-label thresholds the run fitted on validation (saved in final/)
+        print(f"  with per-label thresholds fitted on validation: macro-F1 {after[split + '_tuned_macro_f1']:.3f}  "
+              f"micro-F1 {after[split + '_tuned_micro_f1']:.3f}")
     print(f"try it: softprompt classify {result.adapter_dir} \"the farmer sold a tasku =\"")
     return 0
 
@@ -284,8 +298,7 @@ def cmd_classify(args) -> int:
         texts += [line for line in read_utf8(Path(args.file), "--file").splitlines() if line.strip()]
     if not texts:
         raise SoftPromptError("classify: no texts; give TEXTS on the command line or --file with one text per line")
-    if args.threshold is not None and not 0 <= args.threshold <= 1:  # before the model loads
-        raise SoftPromptError(f"classify: --threshold must be a probability in [0, 1], got {args.threshold}")
+    threshold = _threshold(args.threshold)  # checked before the model loads
     config, _ = run_config(args.adapter)
     if config is None:
         raise SoftPromptError(f"classify: {args.adapter} records no run config (softprompt.json or config.yaml beside "
@@ -299,13 +312,26 @@ def cmd_classify(args) -> int:
                               "by the most probable label, so drop --threshold")
     model = load_adapter(args.adapter)
     for p in classify_texts(model, texts, cfg.objective, cfg.data.source_template, cfg.train.eval_batch_size,
-                            threshold=args.threshold):
+                            threshold=threshold):
         if args.json:
             print(json.dumps({"text": p.text, "labels": p.labels, "probabilities": p.probabilities}))
         else:
             top = ", ".join(f"{k} {v:.3f}" for k, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1])[:3])
             print(f"{'; '.join(p.labels) or '(none)'}\t{p.text}\t(top: {top})")
     return 0
+
+
+def _threshold(value: str | None) -> float | str | None:
+    """--threshold as classify_texts takes it: None, 'tuned', or a probability."""
+    if value is None or value == "tuned":
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0 <= number <= 1:
+        raise SoftPromptError(f"classify: --threshold must be a probability in [0, 1] or 'tuned', got {value!r}")
+    return number
 
 
 def cmd_export(args) -> int:
@@ -424,9 +450,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", metavar="TEXTS", help="texts to label")
     p.add_argument("--file", default=None, metavar="F", help="a UTF-8 file with one text per line (after TEXTS)")
     p.add_argument("--json", action="store_true", help="one JSON object per text: its labels and every probability")
-    p.add_argument("--threshold", type=float, default=None, metavar="T",
-                   help="decide every label at probability T (default: the per-label thresholds the run fitted "
-                        "on its eval split, else objective.threshold)")
+    p.add_argument("--threshold", default=None, metavar="T|tuned",
+                   help="decide every label at probability T, or 'tuned': at the per-label thresholds the run "
+                        "fitted on its eval split (default: the run's objective.threshold, 0.5)")
     p.set_defaults(fn=cmd_classify)
     p = command("export", "write an adapter dir (PEFT + serving) from a checkpoint")
     p.add_argument("checkpoint", help="a run's checkpoint dir, checkpoints/RUN/step_NNNNNN")

@@ -35,7 +35,7 @@ def check_new_output(out: str | Path) -> Path:
 
 def final_decision(ckpt: Path, step) -> dict | None:
     """The decision rule (per-label thresholds) of the run's final/ when it holds this checkpoint's step:
-    it was fitted for exactly these weights. Any other step decides at the fixed threshold, said once."""
+    it was fitted for exactly these weights. Any other step has none (said once)."""
     final = ckpt.parent / "final" / SIDECAR
     meta = read_json(final, "re-train the run, or export without it") if final.is_file() else {}
     if not meta.get("decision"):
@@ -43,7 +43,7 @@ def final_decision(ckpt: Path, step) -> dict | None:
     if meta.get("source_step") == step:
         return meta["decision"]
     log.warning("export: %s is not the step final/ holds (step %s), whose per-label thresholds were fitted for its "
-                "own weights; the export decides at objective.threshold", ckpt.name, meta.get("source_step"))
+                "own weights; the export has no tuned thresholds", ckpt.name, meta.get("source_step"))
     return None
 
 

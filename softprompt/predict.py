@@ -25,14 +25,15 @@ class Prediction:
 
 @torch.no_grad()
 def classify_texts(model, texts: list[str], cfg: ClassifyConfig | None = None, template: str | None = None,
-                   batch_size: int = 64, threshold: float | None = None) -> list[Prediction]:
+                   batch_size: int = 64, threshold: float | str | None = None) -> list[Prediction]:
     """Per-label probabilities and decisions for `texts`: one forward of the body and the head per batch, no
     generation. `cfg` (labels, multi-label or not) defaults to the run's that trained the adapter
     (`SoftPromptModel.from_adapter` of a classify run's final/), `template` to that run's, else "{text}".
     `template` renders each text as
     training rendered its rows (`{text}` is the text; a data.source_template with one column, e.g. PTEC's
-    `{prompt}`, works the same). Multi-label decisions use the per-label thresholds the adapter saved
-    (model.decision), else cfg.threshold; `threshold` sets one for every label instead."""
+    `{prompt}`, works the same). Multi-label decisions: probability > cfg.threshold (None, the default),
+    > `threshold` (a float, every label), or > each label's threshold the run fitted on its eval split and
+    saved with the adapter (`threshold="tuned"`, model.decision)."""
     if cfg is None:
         cfg, run_template = _run_settings(model)
         template = template or run_template
@@ -45,17 +46,20 @@ def classify_texts(model, texts: list[str], cfg: ClassifyConfig | None = None, t
     if model.head is None or model.head.describe()["num_outputs"] != len(cfg.labels):
         raise SoftPromptError(f"classify: the model's head does not give one output per label of {list(cfg.labels)}; "
                               "load the adapter its classify run saved")
-    if threshold is not None:
-        if not cfg.multi_label:
-            raise SoftPromptError("classify: a threshold decides multi-label runs; this one is multi-class and "
-                                  "decides by the most probable label, so drop the threshold")
-        if not 0 <= threshold <= 1:
-            raise SoftPromptError(f"classify: threshold must be a probability in [0, 1], got {threshold}")
-        cut = np.full(len(cfg.labels), float(threshold))
-    elif getattr(model, "decision", None):
+    if threshold is not None and not cfg.multi_label:
+        raise SoftPromptError("classify: a threshold decides multi-label runs; this one is multi-class and decides "
+                              "by the most probable label, so drop the threshold")
+    if threshold == "tuned":
+        if not getattr(model, "decision", None):
+            raise SoftPromptError("classify: the adapter saved no tuned thresholds (its run had no eval split, or "
+                                  "objective.tune_thresholds: false); decide at a fixed threshold instead")
         cut = thresholds_for(model.decision, cfg.labels)
-    else:
+    elif threshold is None:
         cut = np.full(len(cfg.labels), cfg.threshold)
+    elif isinstance(threshold, str) or not 0 <= threshold <= 1:
+        raise SoftPromptError(f"classify: threshold must be a probability in [0, 1] or 'tuned', got {threshold!r}")
+    else:
+        cut = np.full(len(cfg.labels), float(threshold))
     was_training = model.training
     model.eval()
     out = []

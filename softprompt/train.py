@@ -148,13 +148,15 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
                 f.write(json.dumps({"step": step, **values}) + "\n")
         accelerator.log(values, step=step)
 
+    # what an eval line prints (metrics.jsonl keeps everything): an objective may name a short list
+    shown = [*(getattr(objective, "shown_metrics", None) or objective.metric_names()), tc.metric]
     if loop["step"] == 0 and eval_items:
         loop["before"] = objective.evaluate(model, eval_items, tc.eval_batch_size)
         if "test" in items:  # the held-out numbers a user compares the final adapter against
             loop["before"].update({k.replace("eval_", "test_"): v
                                    for k, v in objective.evaluate(model, items["test"], tc.eval_batch_size).items()})
         record(loop["before"], 0)
-        accelerator.print("before training: " + metrics_text(loop["before"]))
+        accelerator.print("before training: " + metrics_text(loop["before"], shown))
 
     stream = BatchStream(items["train"], tc.batch_size, tc.seed, cfg.data.group_by_length, rank, world, loop["position"])
     progress = tqdm_bar(tc, main, loop["step"])
@@ -200,7 +202,7 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
             record(metrics, step)
             loop["last_metrics"] = dict(metrics)
             stop = update_best(loop, metrics, model, tc, step, objective)
-            say(f"step {step}/{tc.max_steps}  {metrics_text(metrics)}" + ("  (best)" if loop["best_step"] == step else ""))
+            say(f"step {step}/{tc.max_steps}  {metrics_text(metrics, shown)}" + ("  (best)" if loop["best_step"] == step else ""))
             if stop:
                 loop["stopped"] = "early_stopping"
                 say(f"early stopping at step {step}: no {tc.metric} improvement in {tc.early_stopping_patience} evaluations")
@@ -474,5 +476,10 @@ def sig4(value: float) -> str:
     return text if "e" in text else text.rstrip(".")
 
 
-def metrics_text(metrics: dict) -> str:
+def metrics_text(metrics: dict, names: list[str] | None = None) -> str:
+    """One line of rounded metrics: the objective's `names` (eval_* and their test_* twins) where given, so a
+    classifier's two dozen label metrics stay in metrics.jsonl and the line stays readable."""
+    if names is not None:
+        keys = {*names, *(n.replace("eval_", "test_", 1) for n in names)}
+        metrics = {k: v for k, v in metrics.items() if k in keys}
     return "  ".join(f"{k} {sig4(v)}" for k, v in metrics.items())

@@ -245,17 +245,20 @@ def test_classify_texts_and_the_cli_give_the_trained_heads_probabilities(saved_m
     texts = ["apple and sea", "moss", "the sky"]
     generate_calls = []
     result.model.base.generate = lambda *a, **k: generate_calls.append(1)  # must never be called
-    predictions = classify_texts(result.model, texts, cfg.objective, "{text}", batch_size=2, threshold=0.5)
+    predictions = classify_texts(result.model, texts, cfg.objective, "{text}", batch_size=2)  # at objective.threshold
     for text, p in zip(texts, predictions):
         ids = result.model.tokenizer([text], return_tensors="pt")["input_ids"]
         expected = torch.sigmoid(result.model.head_outputs(ids).scores)[0].tolist()
         assert list(p.probabilities) == LABELS and p.probabilities == pytest.approx(dict(zip(LABELS, expected)), abs=1e-5)
         assert p.labels == [name for name, q in zip(LABELS, expected) if q > 0.5]
     assert generate_calls == []
-    # without a threshold: the run's per-label thresholds, fitted on its eval split and saved in final/
+    # "tuned": the run's per-label thresholds, fitted on its eval split and saved in final/; a float: one for all
     tuned = json.loads((result.adapter_dir / "softprompt.json").read_text())["decision"]["thresholds"]
-    default = classify_texts(result.model, texts, cfg.objective, "{text}", batch_size=2)
-    assert [p.labels for p in default] == [[n for n in LABELS if p.probabilities[n] > tuned[n]] for p in predictions]
+    by_tuned = classify_texts(result.model, texts, cfg.objective, "{text}", batch_size=2, threshold="tuned")
+    assert [p.labels for p in by_tuned] == [[n for n in LABELS if p.probabilities[n] > tuned[n]] for p in predictions]
+    low = classify_texts(result.model, texts, cfg.objective, "{text}", threshold=0.05)
+    assert [p.labels for p in low] == [[n for n in LABELS if p.probabilities[n] > 0.05] for p in predictions]
+    default = predictions
     from softprompt import SoftPromptModel
 
     loaded = classify_texts(SoftPromptModel.from_adapter(result.adapter_dir), texts)  # labels, template: the run's
@@ -263,11 +266,16 @@ def test_classify_texts_and_the_cli_give_the_trained_heads_probabilities(saved_m
             zip(loaded, default)] == [True] * 3
     (tmp_path / "texts.txt").write_text("moss\n\nthe sky\n")
     done = subprocess.run([sys.executable, "-m", "softprompt", "classify", str(result.adapter_dir), "apple and sea",
-                           "--file", str(tmp_path / "texts.txt"), "--json"], capture_output=True, text=True, timeout=300)
+                           "--file", str(tmp_path / "texts.txt"), "--json", "--threshold", "tuned"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [line["text"] for line in lines] == texts
-    assert [line["labels"] for line in lines] == [p.labels for p in default]
+    assert [line["labels"] for line in lines] == [p.labels for p in by_tuned]
+    bad = subprocess.run([sys.executable, "-m", "softprompt", "classify", str(result.adapter_dir), "moss", "--threshold",
+                          "high"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip() == ("softprompt: error: classify: --threshold must be a "
+                                                          "probability in [0, 1] or 'tuned', got 'high'")
     refused = subprocess.run([sys.executable, "-m", "softprompt", "classify", str(result.adapter_dir)],
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and refused.stderr.strip().startswith("softprompt: error: classify: no texts")
@@ -364,12 +372,12 @@ def test_a_run_without_label_names_round_trips_everywhere(saved_model, tmp_path)
     assert json.loads(done.stdout)["eval_tuned_macro_f1"] == pytest.approx(result.test["test_tuned_macro_f1"], abs=1e-6)
 
     texts = ["apple and sea", "moss"]
-    expected = [p.labels for p in classify_texts(result.model, texts)]
+    expected = [p.labels for p in classify_texts(result.model, texts, threshold="tuned")]
     again = train(cfg, resume=True)  # already finished: read back, nothing rewritten
-    assert [p.labels for p in classify_texts(again.model, texts)] == expected
+    assert [p.labels for p in classify_texts(again.model, texts, threshold="tuned")] == expected
     resaved = SoftPromptModel.from_adapter(result.adapter_dir).save_adapter(tmp_path / "resaved")
     back = SoftPromptModel.from_adapter(resaved)
-    assert back.decision == meta["decision"] and [p.labels for p in classify_texts(back, texts)] == expected
+    assert back.decision == meta["decision"] and [p.labels for p in classify_texts(back, texts, threshold="tuned")] == expected
     same = export_checkpoint(result.run_dir / f"step_{meta['source_step']:06d}", tmp_path / "same")
     assert json.loads((same / "softprompt.json").read_text())["decision"] == meta["decision"]  # fitted for these weights
     other = export_checkpoint(result.run_dir / f"step_{24 - meta['source_step']:06d}", tmp_path / "other")  # 8 or 16
@@ -379,7 +387,7 @@ def test_a_run_without_label_names_round_trips_everywhere(saved_model, tmp_path)
     from softprompt.config import from_dict
 
     objective = from_dict(result.model.run_config).objective
-    assert [p.labels for p in classify_texts(bare, texts, objective)] == expected
+    assert [p.labels for p in classify_texts(bare, texts, objective, threshold="tuned")] == expected
 
 
 @pytest.mark.parametrize("rows, items, message", [

@@ -30,6 +30,8 @@ class Objective(Protocol):
     def metric_names(self) -> list[str]: ...  # what evaluate() returns, known before any model is built
 
     default_metric: str  # what selects final/'s adapter when train.metric is not set
+    # Optional: the metrics an eval line prints (default: metric_names(); metrics.jsonl always has all)
+    shown_metrics: tuple[str, ...]
 
     def greater_is_better(self, metric: str) -> bool: ...
 

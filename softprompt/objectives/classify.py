@@ -10,8 +10,9 @@ logit per label; prompt and head train together at their own learning rates (opt
 - multi-class: cross-entropy over the labels, one per row; the decision is the argmax.
 Evals during training decide at the fixed threshold, so steps compare on one rule. After training, with
 `tune_thresholds` (multi-label), one threshold per label is fitted on the eval split (thresholds.py) and
-saved with the adapter (its sidecar's "decision"); `classify_texts` and `softprompt classify` then decide
-with them, and the final metrics add `tuned_*` F1s (on dev: optimistic, it fitted them; on test: fair).
+saved with the adapter (its sidecar's "decision"); the final metrics add `tuned_*` F1s (on dev: optimistic,
+it fitted them; on test: fair), and `classify_texts(..., threshold="tuned")` / `softprompt classify
+--threshold tuned` decide with them (by default they decide at `threshold`, as the evals did).
 The normaliser the loop sums is rows x labels (multi-label) or rows (multi-class), so accumulation and
 processes give the mean the official loss takes.
 

@@ -251,6 +251,7 @@ class LabelText:
                 "eval_invalid_labels"]
 
     default_metric = "eval_macro_f1"  # PTEC selects by dev macro-F1
+    shown_metrics = ("eval_loss", "eval_micro_f1", "eval_macro_f1", "eval_samples_f1", "eval_invalid_rate")  # eval lines
 
     def greater_is_better(self, metric: str) -> bool:
         return not any(word in metric for word in ("loss", "invalid"))

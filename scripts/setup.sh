@@ -4,6 +4,9 @@
 #   bash scripts/setup.sh test             # .venv + test extras (pytest, triton for the kernel parity tests)
 #   bash scripts/setup.sh test lowest      # .venv-lowest: test extras at the lowest supported versions
 #                                          # (ci/constraints-lowest.txt, pyproject.toml's lower bounds)
+#   bash scripts/setup.sh compress         # .venv-compress: softprompt + llmcompressor, which pins an older
+#                                          # transformers, so `softprompt compress` runs GPTQ/SparseGPT/Wanda
+#                                          # there (SOFTPROMPT_COMPRESS_PYTHON=.venv-compress/bin/python)
 # torch: an already-installed torch (e.g. a CUDA build in the system Python) is kept: the venv then
 # sees the system site-packages. Otherwise the pinned CPU build is taken (torch==2.13.0 resolves to
 # the CPU wheel where one is provided locally; a bare `torch` would pull several GB of CUDA packages).
@@ -16,6 +19,11 @@ constraints=()
 if [ "$flavour" = lowest ]; then
   venv=.venv-lowest
   constraints=(-c ci/constraints-lowest.txt)
+fi
+if [ "$extra" = compress ]; then
+  venv=.venv-compress
+  extra=llmcompressor
+  flavour="llmcompressor's pinned"
 fi
 if [ ! -x "$venv/bin/python" ]; then
   if python3 -c "import torch" 2>/dev/null; then

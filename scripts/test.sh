@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 bash scripts/setup.sh test
+# GPTQ / SparseGPT / Wanda run through llmcompressor in its own environment (it pins an older transformers)
+bash scripts/setup.sh compress
+export SOFTPROMPT_COMPRESS_PYTHON="$PWD/.venv-compress/bin/python"
 echo "== newest versions: the whole suite"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 if [ "${SOFTPROMPT_SKIP_LOWEST:-0}" = 1 ]; then

@@ -8,6 +8,12 @@
 
 __version__ = "0.1.0"
 
+import logging  # noqa: E402
+
+# bitsandbytes (which peft imports when it is installed) logs at import that its optional CPU kernel package is
+# missing and it uses the built-in one: correct, slower, and not something a softprompt user can act on
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
 from softprompt.config import Config, load_config  # noqa: E402
 from softprompt.errors import ConfigError, SoftPromptError  # noqa: E402
 from softprompt.loading import ModelConfig  # noqa: E402

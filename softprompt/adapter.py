@@ -48,6 +48,31 @@ def loadable_base(name: str) -> str:
     return str(path.resolve()) if name and path.is_dir() else name
 
 
+def compression_of(name: str) -> dict | None:
+    """The parts of a compressed base's record (compress.py) that identify it: method, settings, its weights'
+    hash and its source. None for a base `softprompt compress` did not write."""
+    from softprompt.compress import read_record
+
+    record = read_record(resolve_model_path(name)) if name and Path(resolve_model_path(name)).is_dir() else None
+    if record is None:
+        return None
+    return {k: record.get(k) for k in ("method", "config", "measured", "weights_sha256", "source")}
+
+
+def check_compression(saved: "SavedAdapter", where: str) -> None:
+    """Refuse a compressed base that is no longer the one the adapter was trained on (re-compressed in place
+    with other settings): the recorded weights hash differs from the base dir's record."""
+    recorded = saved.meta.get("compression")
+    if not recorded:
+        return
+    now = compression_of(saved.base_config.name_or_path)
+    if now is None or now.get("weights_sha256") != recorded.get("weights_sha256"):
+        what = "has no compression record" if now is None else f"holds another compression ({now.get('method')})"
+        raise SoftPromptError(f"adapter: {where} was trained on {saved.base_config.name_or_path!r} compressed with "
+                              f"{recorded.get('method')} (weights {recorded.get('weights_sha256')}), and that dir now "
+                              f"{what}; compress it again the same way, or pass base=... explicitly")
+
+
 def embedding_probe(base) -> list[float]:
     """Norms of the first 8 rows of the input embedding table: tells bases apart, survives dtype casts."""
     table = base.get_input_embeddings().weight
@@ -89,6 +114,7 @@ def save(model, out_dir: str | Path, **meta) -> Path:
         "peft_tensor": peft_key,  # which prompt state tensor adapter_model.safetensors holds, or null
         "head": head.describe() if head is not None else None,
         "decision": model.decision,  # the objective's fitted decision rule (per-label thresholds), or null
+        "compression": compression_of(model.base_name),  # how a compressed base was made (compress.py), or null
         "config": model.run_config,  # the run that trained it (labels, template), when known; meta may say
         **meta,
     }

@@ -1,4 +1,4 @@
-"""Command line: `softprompt train|demo|eval|generate|classify|export|budget`.
+"""Command line: `softprompt train|demo|eval|generate|classify|export|compress|perplexity|budget`.
 
     softprompt demo                                   # the embedded default, offline, ~15 s of training on a CPU
     softprompt demo --task classify                   # PTEC on bundled multi-label data, offline, ~1 min on a CPU
@@ -342,6 +342,40 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    """Compress a causal LM (prune and/or quantize) into a checkpoint transformers reloads, with its record."""
+    from softprompt.compress import CompressConfig, compress, read_record
+
+    cfg = CompressConfig(method=args.method, sparsity=args.sparsity, structure=args.structure, bits=args.bits,
+                         group_size=None if args.group_size == 0 else args.group_size, calibration=args.calibration,
+                         text_field=args.text_field, num_samples=args.num_samples, seq_len=args.seq_len, seed=args.seed)
+    out = compress(args.source, args.out, cfg, python=args.python, overwrite=args.overwrite)
+    measured = read_record(out)["measured"]
+    print(f"{out}: {cfg.method}, sparsity {measured['sparsity']:.3f}, at most {measured['max_levels_per_group']} "
+          f"values per {'group' if cfg.quantizes else 'row'} over {measured['layers']} layers (record: {out}/compression.json)")
+    return 0
+
+
+def cmd_perplexity(args) -> int:
+    """Perplexity (and task accuracy) of every base with and without every prompt, on identical tokens."""
+    from softprompt import recovery_report as report
+
+    cells = report.run(report.parse_named(args.base, "base"), report.parse_named(args.prompt, "prompt"),
+                       report.parse_named(args.text, "text"), split=args.split, text_field=args.text_field,
+                       block_size=args.block_size, max_blocks=args.max_blocks, batch_size=args.batch_size,
+                       task=args.task, task_split=args.task_split, max_task_rows=args.max_task_rows,
+                       reference=args.reference)
+    protocol = (f"Protocol: split `{args.split}` of each text cut into {args.block_size}-token blocks (the tail "
+                f"dropped{f', the first {args.max_blocks} blocks' if args.max_blocks else ''}); tokens 2..{args.block_size} "
+                "of every block scored, the prompt prepended to every block; the same tokens for every cell. "
+                f"Reference for the gap: `{args.reference or args.base[0].partition('=')[0]}`.")
+    files = report.write(cells, Path(args.out), protocol) if args.out else []
+    print(report.markdown(cells, protocol))
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
 def cmd_budget(args) -> int:
     """DePT's (m, r) pairs within a vanilla prompt's parameter budget l*d."""
     from softprompt.methods.dept import format_budget
@@ -458,6 +492,55 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a run's checkpoint dir, checkpoints/RUN/step_NNNNNN")
     p.add_argument("out", help="the adapter dir to create (new or empty)")
     p.set_defaults(fn=cmd_export)
+    p = command("compress", "prune and/or quantize a causal LM into a checkpoint (recover it with method recovery)",
+                "softprompt compress SOURCE OUT --method M [--sparsity S] [--structure 2:4] [--bits B] [--calibration F]")
+    p.add_argument("source", help="the dense model: hub id, local dir, demo or demo-large")
+    p.add_argument("out", help="the checkpoint dir to create (its record: OUT/compression.json)")
+    p.add_argument("--method", required=True, choices=("magnitude", "wanda", "sparsegpt", "gptq", "sparsegpt+gptq"),
+                   help="magnitude: torch.nn.utils.prune; the others one-shot through llmcompressor (sparsegpt+gptq: "
+                        "the paper's 8x, 50%% sparse and 4-bit). bitsandbytes quantizes at load time instead "
+                        "(model.quantization in a recipe)")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of each layer's weights pruned (default 0.5)")
+    p.add_argument("--structure", choices=("unstructured", "2:4"), default="unstructured",
+                   help="unstructured (default) or 2:4 (two of every four inputs kept)")
+    p.add_argument("--bits", type=int, default=4, help="GPTQ weight bits: 2, 3, 4 or 8 (default 4)")
+    p.add_argument("--group-size", type=int, default=128, metavar="G",
+                   help="GPTQ columns per scale (default 128; 0: one scale per row, the paper's setting)")
+    p.add_argument("--calibration", default=None, metavar="F",
+                   help="calibration text for the one-shot methods: a .txt, a .jsonl with a text field, or demo")
+    p.add_argument("--text-field", default="text", help="the .jsonl field holding the text (default text)")
+    p.add_argument("--num-samples", type=positive_int, default=128, help="calibration windows (default 128)")
+    p.add_argument("--seq-len", type=positive_int, default=512, help="tokens per calibration window (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="which windows of the text are taken (default 0)")
+    p.add_argument("--python", default=None, metavar="PY",
+                   help="the python of an environment with llmcompressor (default: $SOFTPROMPT_COMPRESS_PYTHON, "
+                        "else this one if it has llmcompressor)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(fn=cmd_compress)
+    p = command("perplexity", "perplexity of bases with and without prompts on identical tokens (dense vs compressed vs "
+                "recovered, and the transfer matrix), as markdown, CSV and plots",
+                "softprompt perplexity --base NAME=PATH[@bnb-4bit] ... [--prompt NAME=ADAPTER ...] --text NAME=DATA ... "
+                "[--task DATA] [--out DIR]")
+    p.add_argument("--base", action="append", default=[], metavar="NAME=PATH",
+                   help="a model (dir, hub id, demo, demo-large), optionally @bnb-4bit|@bnb-fp4|@bnb-8bit to quantize "
+                        "it while loading; repeat for each base (the first is the reference unless --reference)")
+    p.add_argument("--prompt", action="append", default=[], metavar="NAME=ADAPTER",
+                   help="an adapter dir whose prompt is applied to every base; repeat for each")
+    p.add_argument("--text", action="append", default=[], metavar="NAME=DATA",
+                   help="generic text: a dir of split files with a text column, demo-text or demo-large-text; repeat")
+    p.add_argument("--split", default="test", help="the text split scored (default test)")
+    p.add_argument("--text-field", default="text", help="the column holding the text (default text)")
+    p.add_argument("--block-size", type=positive_int, default=1024, help="tokens per block (default 1024)")
+    p.add_argument("--max-blocks", type=positive_int, default=None, help="score only the first N blocks of each text")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="blocks per forward (default 8)")
+    p.add_argument("--task", default=None, metavar="DATA",
+                   help="a task with source/target columns (e.g. demo-large-task): exact-match accuracy per cell")
+    p.add_argument("--task-split", default="test", help="the task split (default test)")
+    p.add_argument("--max-task-rows", type=positive_int, default=None, help="score only the first N task rows")
+    p.add_argument("--reference", default=None, metavar="NAME", help="the base whose perplexity closes the gap (default: the first)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write perplexity.md, perplexity.csv, perplexity.png and transfer.png here")
+    p.set_defaults(fn=cmd_perplexity)
     p = command("budget", "DePT: (prompt length m, rank r) pairs within a vanilla prompt's parameter budget")
     p.add_argument("--d", type=positive_int, required=True, help="hidden size of the base model (768 for T5-base)")
     p.add_argument("--s", type=positive_int, required=True, help="DePT offset length, the max input length (256 in the paper)")

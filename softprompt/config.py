@@ -24,7 +24,7 @@ import yaml
 from softprompt.data.templates import check_label_names, template_fields
 from softprompt.errors import ConfigError
 from softprompt.layers.plain import LABEL_INITS, PromptConfig
-from softprompt.loading import ModelConfig
+from softprompt.loading import QUANTIZATIONS, ModelConfig
 from softprompt.objectives.lm import LMConfig
 from softprompt.registry import HEADS, METHODS, OBJECTIVES, PROMPTS, lookup
 from softprompt.textfile import read_utf8
@@ -364,7 +364,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 CHOICES = {
     "model.kind": ("auto", "causal", "seq2seq", "encoder"),
     "model.dtype": ("float32", "bfloat16", "float16"),
-    "model.quantization": ("none", "bnb-8bit", "bnb-4bit"),
+    "model.quantization": QUANTIZATIONS,
     "data.truncation": ("source_left", "source_right", "error"),
     "optim.name": ("adamw", "adafactor"),
     "optim.scheduler": ("constant", "linear", "cosine"),

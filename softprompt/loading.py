@@ -9,6 +9,8 @@ through transformers' own support for that format; bitsandbytes quantizes at loa
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,8 +21,10 @@ from softprompt.errors import ConfigError, SoftPromptError, gist
 DEMO_MODEL = Path(__file__).parent / "data" / "demo" / "model"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KINDS = ("auto", "causal", "seq2seq", "encoder")
-# Quantization applied while loading (bitsandbytes; needs its package and, for most kernels, a GPU).
-QUANTIZATIONS = ("none", "bnb-8bit", "bnb-4bit")
+# Quantization applied while loading, by bitsandbytes (CPU and GPU): 8-bit (LLM.int8), 4-bit NF4 (bnb-4bit,
+# QLoRA's) or 4-bit FP4. Any checkpoint loads this way, a pruned one from `compress.py` included.
+QUANTIZATIONS = ("none", "bnb-8bit", "bnb-4bit", "bnb-fp4")
+CACHE_ENV = "SOFTPROMPT_CACHE"  # where assets built outside git live (default ~/.cache/softprompt)
 ENCODER_ONLY = frozenset({"bert", "roberta", "xlm-roberta", "deberta", "deberta-v2", "electra", "distilbert",
                           "camembert", "modernbert"})
 
@@ -32,12 +36,30 @@ class ModelConfig:
     dtype: str = "float32"  # dtype the frozen base is loaded in (compute dtype under quantization)
     revision: str | None = None
     trust_remote_code: bool = False
-    quantization: str = "none"  # none | bnb-8bit | bnb-4bit: quantize the base while loading it
+    quantization: str = "none"  # none | bnb-8bit | bnb-4bit (NF4) | bnb-fp4: quantize the base while loading it
     device_map: str | None = None  # passed to from_pretrained (e.g. "auto"); None: the training loop places it
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "softprompt")
+
+
+def demo_large_dir() -> Path:
+    """Where `scripts/build_demo_large.py` puts the larger demo model, its text and its task."""
+    return cache_dir() / "demo-large"
+
+
 def resolve_model_path(name_or_path: str) -> str:
-    return str(DEMO_MODEL) if name_or_path == "demo" else name_or_path
+    """"demo": the embedded model; "demo-large": the larger one built outside git; anything else as given."""
+    if name_or_path == "demo":
+        return str(DEMO_MODEL)
+    if name_or_path == "demo-large":
+        path = demo_large_dir() / "model"
+        if not (path / "config.json").is_file():
+            raise SoftPromptError(f"model.name_or_path: demo-large is not built here ({path}); build it once with "
+                                  "`python scripts/build_demo_large.py` (about 12 minutes on 2 CPU cores)")
+        return str(path)
+    return name_or_path
 
 
 def detect_kind(config) -> str:
@@ -104,12 +126,18 @@ def quantization_config(spec: ModelConfig):
     if importlib.util.find_spec("bitsandbytes") is None:
         raise SoftPromptError(f"model.quantization: {spec.quantization} needs the bitsandbytes package; install "
                               "softprompt[quantize] (pip install 'bitsandbytes>=0.45'), or set model.quantization: none")
-    if not torch.cuda.is_available():
-        raise SoftPromptError(f"model.quantization: {spec.quantization} runs bitsandbytes kernels on a GPU and none is "
-                              "visible here; load the base unquantized (model.quantization: none) on this machine")
+    from softprompt import compat
+
+    if not torch.cuda.is_available() and not compat.bitsandbytes_on_cpu():
+        raise SoftPromptError(f"model.quantization: {spec.quantization} needs a GPU with this bitsandbytes (CPU runs "
+                              "are tested with 0.50); upgrade bitsandbytes, or load the base unquantized (model.quantization: none)")
+    # Two notes bitsandbytes logs are noise here: its CPU 4-bit kernel falls back to the built-in one (correct,
+    # slower) without the optional `kernels` package, and 8-bit says once per layer call that it casts inputs.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from transformers import BitsAndBytesConfig
 
     if spec.quantization == "bnb-8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    # NF4 with the compute dtype of the config (QLoRA's setting, Dettmers et al. 2023)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=DTYPES[spec.dtype])
+    # NF4 (QLoRA's data type, Dettmers et al. 2023) or FP4, computing in the config's dtype
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4" if spec.quantization == "bnb-4bit" else "fp4",
+                              bnb_4bit_compute_dtype=DTYPES[spec.dtype])

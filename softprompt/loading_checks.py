@@ -24,6 +24,7 @@ TRUE_VALUES = ("1", "ON", "YES", "TRUE")  # what huggingface_hub reads as true
 # One HEAD to the hub's endpoint. transformers retries an unreachable hub with backoff for ~25 s per file
 # before it says so; a reachable hub answers a HEAD in well under a second, even from far away.
 HUB_TIMEOUT_S = 3.0
+BUNDLED = ("demo", "demo-large")  # names loading.resolve_model_path maps to local dirs
 
 
 def _looks_local(name: str) -> bool:
@@ -31,14 +32,14 @@ def _looks_local(name: str) -> bool:
 
 
 def is_hub_id(name_or_path: str) -> bool:
-    """Whether `name_or_path` names a hub model (not "demo", not a local path). Call after `check_model_dir`."""
-    return name_or_path != "demo" and not _looks_local(name_or_path)
+    """Whether `name_or_path` names a hub model (not a BUNDLED name, not a local path). Call after `check_model_dir`."""
+    return name_or_path not in BUNDLED and not _looks_local(name_or_path)
 
 
 def check_model_dir(name_or_path: str, kind: str = "auto", where: str = "model.name_or_path") -> None:
     """A local model dir has a readable config.json, weights whose safetensors headers are whole, tokenizer
     files, and is of `kind` (unless auto). Reads headers only: no tensors, no model."""
-    if name_or_path == "demo" or not _looks_local(name_or_path):
+    if name_or_path in BUNDLED or not _looks_local(name_or_path):
         return
     path = Path(name_or_path).expanduser()
     fix = "give a model directory saved with save_pretrained (model and tokenizer), or a hub id"

@@ -160,6 +160,7 @@ class SoftPromptModel(nn.Module):
         if base is None:
             if not saved.base_config.name_or_path:
                 raise SoftPromptError(f"adapter: {str(adapter_dir)!r} names no base model; pass base=... explicitly")
+            adapter.check_compression(saved, repr(str(adapter_dir)))  # the recorded compressed base, still the same
             base, loaded, kind = load_base(saved.base_config)
             tokenizer = tokenizer or loaded
         adapter.check_base(saved, base, repr(str(adapter_dir)))

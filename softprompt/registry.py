@@ -2,7 +2,8 @@
 
 Four kinds of component, each a file with its frozen config and paper link:
 - PROMPTS: how the virtual rows are produced (layers/): plain, DePT, a bank;
-- OBJECTIVES: what they are trained for (objectives/): text-to-text LM, classification, label lists as text;
+- OBJECTIVES: what they are trained for (objectives/): text-to-text LM, classification, label lists as text,
+  recovery of a compressed model (LM on blocks, distillation);
 - HEADS: a trainable module on aligned hidden states (heads.py);
 - the base loader is `loading.load_base`, whose `ModelConfig` records quantization and placement.
 A method (METHODS) is a preset naming one of each. Adding a method is a file plus a line here.
@@ -21,7 +22,8 @@ from softprompt.methods import dept as dept_method
 from softprompt.methods import prompt_tuning
 from softprompt.methods import ptec
 from softprompt.methods import ptec_text
-from softprompt.objectives import classify, label_data, label_text, lm
+from softprompt.methods import recovery
+from softprompt.objectives import classify, label_data, label_text, lm, recover
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ OBJECTIVES: dict[str, Component] = {
     "classify": Component(classify.ClassifyConfig, classify.build, check=classify.check, complete=label_data.complete),
     "label_text": Component(label_text.LabelTextConfig, label_text.build, check=label_text.check,
                             complete=label_data.complete),
+    "recover": Component(recover.RecoverConfig, recover.build, check=recover.check, complete=recover.complete),
 }
 
 HEADS: dict[str, Component] = {
@@ -58,6 +61,7 @@ METHODS: dict[str, Preset] = {
     "dept": dept_method.PRESET,
     "ptec": ptec.PRESET,
     "ptec_text": ptec_text.PRESET,
+    "recovery": recovery.PRESET,
 }
 
 

@@ -28,6 +28,57 @@ FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parque
 EXAMPLE_FRACTION = 0.1  # the value the missing-split message suggests for data.validation_fraction
 
 log = logging.getLogger(__name__)
+DEMO_NAMES = ("demo", "demo-text", "demo-large-text", "demo-large-task")
+
+
+def local_path(path: str) -> Path:
+    """The directory or file `data.path` names. Bundled names: "demo" (the demo task), "demo-text" (the demo
+    corpus as documents of generic text, for recovery), "demo-large-text" / "demo-large-task" (the larger
+    demo model's held-out text and fact-recall task, built by scripts/build_demo_large.py)."""
+    if path == "demo":
+        return DEMO_TASK
+    if path == "demo-text":
+        return demo_text_dir()
+    if path in ("demo-large-text", "demo-large-task"):
+        from softprompt.loading import demo_large_dir
+
+        local = demo_large_dir() / path.removeprefix("demo-large-")
+        if not local.is_dir():
+            raise SoftPromptError(f"data.path: {path} is not built here ({local}); build it once with "
+                                  "`python scripts/build_demo_large.py`")
+        return local
+    return Path(path)
+
+
+def demo_text_dir() -> Path:
+    """The bundled demo corpus as {"text": ...} rows, one line each (the demo model was pretrained on lines as
+    documents), every 10th line in validation and the next in test, written once to the cache (derived data,
+    not shipped twice). These are the demo model's pretraining lines: right for tests and examples, not for
+    held-out claims (the larger demo's text/ holds freshly generated text)."""
+    import json
+    import tempfile
+
+    from softprompt.loading import DEMO_MODEL, cache_dir
+
+    out = cache_dir() / "demo-text"
+    if out.is_dir():
+        return out
+    lines = (DEMO_MODEL.parent / "corpus.txt").read_text().splitlines()
+    docs = [line for line in lines if line.strip()]
+    splits = {"train": [], "validation": [], "test": []}
+    for i, doc in enumerate(docs):
+        splits["validation" if i % 10 == 0 else "test" if i % 10 == 1 else "train"].append(doc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-text.", dir=out.parent))
+    for split, rows in splits.items():
+        (tmp / f"{split}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in rows))
+    try:
+        tmp.rename(out)
+    except OSError:  # another process wrote it first: theirs is the same
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def load_splits(data_cfg) -> dict[str, tuple[str, object]]:
@@ -81,7 +132,7 @@ def split_names(path: str) -> list[str] | None:
     """The splits local data has: a directory's `<split>.<ext>` stems, ["train"] for one file; None for a hub
     dataset (listing its splits costs a round of hub requests, retried for ~25 s when the hub is out of
     reach, before the load that would fail the same way; its load names a missing split)."""
-    local = DEMO_TASK if path == "demo" else Path(path)
+    local = local_path(path)
     if local.is_dir():
         return sorted({f.stem for f in local.iterdir() if f.suffix in FORMATS})
     return ["train"] if local.suffix in FORMATS else None
@@ -112,7 +163,7 @@ def _plan(data_cfg) -> dict[str, str]:
     have = split_names(data_cfg.path)
     if have is None:
         return plan
-    local = DEMO_TASK if data_cfg.path == "demo" else Path(data_cfg.path)
+    local = local_path(data_cfg.path)
     kind = "dir" if local.is_dir() else "file"
     if kind == "file":  # one file is the train split, whatever data.train_split calls it
         if not local.is_file():
@@ -167,7 +218,7 @@ def _missing_splits(path: str, missing: dict[str, str], have: list[str], kind: s
 
 def _load(data_cfg, split: str):
     """One split's rows, as load_split, except that one file is the train split whatever its name."""
-    local = DEMO_TASK if data_cfg.path == "demo" else Path(data_cfg.path)
+    local = local_path(data_cfg.path)
     if not local.is_dir() and local.suffix in FORMATS and split == data_cfg.train_split:
         split = "train"
     return load_split(data_cfg.path, split, data_cfg.name)
@@ -178,7 +229,7 @@ def load_split(path: str, split: str, name: str | None = None):
     import datasets
 
     datasets.disable_progress_bars()
-    local = DEMO_TASK if path == "demo" else Path(path)
+    local = local_path(path)
     if local.is_dir():  # `split` may slice or join as `datasets` does: "validation[:50%]", "train+validation"
         files = {}
         for part in _split_parts(split):

@@ -108,3 +108,19 @@ def bitsandbytes_on_cpu() -> bool:
         return bool(torch.isfinite(layer(torch.randn(2, 64))).all())
     except Exception:  # any failure means "not on CPU": the caller names the fix
         return False
+
+
+def keep_4bit_differentiable(model: nn.Module) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel; returns the layers changed.
+
+    bitsandbytes 0.50 repacks a `Linear4bit`'s weight the first time it runs in eval mode on a CPU with AVX512-BF16
+    on an input that needs no grad (an eval pass, or the shared prefix's token rows), and from then on
+    multiplies with `gemv_4bit`, which has no autograd kernel: gradients to the prompt are silently dropped
+    (torch only warns), and layers narrower than 64 inputs fail to repack. The flag it checks is read off the
+    modules that have it, so a bitsandbytes without the repacking is left as it is."""
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", None):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed

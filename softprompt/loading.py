@@ -111,6 +111,10 @@ def _load(spec: ModelConfig, path: str | None = None):
         extra["device_map"] = spec.device_map
     model = auto.from_pretrained(path, dtype=DTYPES[spec.dtype], **common, **extra)
     model.requires_grad_(False)
+    if spec.quantization in ("bnb-4bit", "bnb-fp4"):
+        from softprompt import compat
+
+        compat.keep_4bit_differentiable(model)
     tokenizer = AutoTokenizer.from_pretrained(path, **common)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

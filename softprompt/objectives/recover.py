@@ -211,10 +211,11 @@ class Recover:
         teacher = self.teacher.get(student_logits.device, student_logits.shape[-1])
         student = student_logits.flatten(0, 1)[scored.flatten()]  # (N, V): the scored positions only
         chunk = self.cfg.kd_chunk
-        with torch.no_grad():
-            if not (chunk and self.teacher.chunkable):  # the plain twin: the teacher's full logits
+        if not (chunk and self.teacher.chunkable):  # the plain twin: the teacher's full logits
+            with torch.no_grad():
                 full = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, L, V)
-                return kd_sum(student, full.flatten(0, 1)[scored.flatten()], self.cfg.temperature)
+            return kd_sum(student, full.flatten(0, 1)[scored.flatten()], self.cfg.temperature)  # with grad: outside
+        with torch.no_grad():
             hidden = teacher.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             hidden = hidden.last_hidden_state.flatten(0, 1)[scored.flatten()]  # (N, D)
         head = teacher.get_output_embeddings()

@@ -123,10 +123,8 @@ def llmc_python() -> str:
 
 LLMC = [  # (method, extra settings, check on the reloaded model's record and weights)
     ("gptq", {"bits": 4, "group_size": 16}, lambda m, r: r["max_levels_per_group"] <= 16 and r["sparsity"] < 0.3),
-    ("gptq", {"bits": 3, "group_size": None}, lambda m, r: r["max_levels_per_group"] <= 8),
     ("sparsegpt", {"sparsity": 0.5}, lambda m, r: all(abs(s - 0.5) < 0.02 for s in layer_sparsities(m))),
-    ("sparsegpt", {"structure": "2:4"}, lambda m, r: r["two_of_four"]),
-    ("wanda", {"sparsity": 0.5}, lambda m, r: all(abs(s - 0.5) < 0.02 for s in layer_sparsities(m))),
+    ("wanda", {"structure": "2:4"}, lambda m, r: r["two_of_four"]),
     # the paper's 8x: 50% sparse and 4-bit together
     ("sparsegpt+gptq", {"sparsity": 0.5, "bits": 4, "group_size": 16},
      lambda m, r: min(layer_sparsities(m)) >= 0.49 and r["max_levels_per_group"] <= 16),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,3 +263,18 @@ def test_report_scores_every_cell_on_identical_tokens_and_writes_files(saved_mod
     assert (tmp_path / "rep" / "perplexity.csv").read_text().count("\n") == len(cells) + 1
     with pytest.raises(SoftPromptError, match="tokenizes text"):
         report.run({"a": saved_model(), "b": "demo"}, {}, {"held": str(text_dir)}, block_size=16)
+
+
+# the KD recipe covers the LM one too (same settings plus the teacher); test_config loads both
+CPU_RECIPES = [Path(__file__).parent.parent / "recipes" / "recovery" / "demo_nf4_kd.yaml"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CPU_RECIPES, ids=lambda p: p.name)
+def test_cpu_recovery_recipes_run(path, tmp_path):
+    cfg = load_config(path, [f"train.output_dir={tmp_path}", "train.max_steps=3", "train.eval_every=3",
+                             "train.save_every=3", "data.max_train_samples=200", "data.max_eval_samples=40",
+                             "train.progress_bar=false"])
+    result = train(cfg)
+    assert cfg.model.quantization == "bnb-4bit" and math.isfinite(result.best["eval_ppl"])
+    assert result.best["eval_ppl"] <= result.before["eval_ppl"] * 1.05  # three steps do not make it much worse

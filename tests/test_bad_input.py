@@ -237,6 +237,13 @@ def _pickled(e: Env) -> Path:
     return path
 
 
+def recovery(e: "Env", *extra: str) -> list[str]:
+    """`train` with method recovery (whose objective has no generation settings) on the tiny model and data."""
+    return ["train", "method=recovery", *(o for o in overrides(e.model, e.data, e.out)
+                                           if not o.startswith("objective.")), *extra]
+
+
+
 CASES = [
     # --- recipes: encoding, emptiness, shape -------------------------------------------------------------
     Case("recipe empty file", recipe(b""), "empty"),
@@ -389,7 +396,20 @@ CASES = [
     Case("model path is a file", lambda e: e.train(f"model.name_or_path={e.write('m.txt', 'hi')}"), "model.name_or_path"),
     Case("kind seq2seq for a Llama", override("model.kind=seq2seq"), "model.kind"),
     Case("kind causal for a T5", lambda e: e.train(f"model.name_or_path={e.t5}", "model.kind=causal"), "model.kind"),
-    Case("quantization without bitsandbytes or a GPU", override("model.quantization=bnb-4bit"), "model.quantization"),
+    # --- compression and recovery ----------------------------------------------------------------------------
+    Case("compress: unknown method", lambda e: ["compress", e.model, str(e.tmp / "c"), "--method", "rtn"], "--method"),
+    Case("compress: one-shot without calibration",
+         lambda e: ["compress", e.model, str(e.tmp / "c"), "--method", "gptq"], "calibration"),
+    Case("compress: sparsity out of range",
+         lambda e: ["compress", e.model, str(e.tmp / "c"), "--method", "magnitude", "--sparsity", "1"], "sparsity"),
+    Case("compress: output exists", lambda e: ["compress", e.model, str(e.data), "--method", "magnitude"], "exists"),
+    Case("recovery: distillation without a teacher", lambda e: recovery(e, "objective.kd_weight=0.5"), "objective.teacher"),
+    Case("recovery: teacher source on an uncompressed base",
+         lambda e: recovery(e, "objective.teacher=source", "objective.text_field=source"), "compression.json"),
+    Case("recovery: text column missing", lambda e: recovery(e, "objective.block_size=8"), "objective.text_field"),
+    Case("perplexity: no text", lambda e: ["perplexity", "--base", f"a={e.model}"], "--text"),
+    Case("perplexity: unknown quantization", lambda e: ["perplexity", "--base", f"a={e.model}@int3", "--text",
+                                                        f"t={e.data}"], "quantization"),
     Case("quantization unknown", override("model.quantization=int3"), "model.quantization"),
     # --- components --------------------------------------------------------------------------------------------
     Case("prompt type unknown", override("prompt.type=lora"), "prompt.type"),

@@ -370,15 +370,6 @@ def test_adapter_records_how_the_base_was_loaded(saved_model, tmp_path):
     assert back.base.dtype == torch.bfloat16 and back.base_config == dataclasses.replace(spec, kind="causal")
 
 
-def test_quantized_loading_refuses_clearly_where_it_cannot_run(saved_model):
-    import importlib.util
-
-    if importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available():
-        pytest.skip("bitsandbytes and a GPU are here: quantized loading can run")
-    with pytest.raises(SoftPromptError, match="model.quantization: bnb-4bit"):
-        load_base(ModelConfig(name_or_path=saved_model("llama"), quantization="bnb-4bit"))
-
-
 def test_format_1_adapters_still_load(tmp_path, tokenizer):
     """An adapter written before components had their own descriptions (sidecar format 1, DePT's A and B
     under their own names) loads into the same model."""

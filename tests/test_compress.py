@@ -163,3 +163,18 @@ def test_bnb_4bit_on_a_pruned_checkpoint_keeps_zeros_and_16_levels(saved_model, 
         w = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)  # (O, I)
         assert float((w == 0).float().mean()) >= 0.5
         assert max_levels(w.float(), 64) <= 16  # NF4: 16 values per block of 64
+
+
+@pytest.mark.parametrize("quantization,layer,kind", [("bnb-4bit", "Linear4bit", "nf4"), ("bnb-fp4", "Linear4bit", "fp4"),
+                                                     ("bnb-8bit", "Linear8bitLt", None)])
+def test_bitsandbytes_quantizes_while_loading_on_cpu(saved_model, quantization, layer, kind):
+    from softprompt.loading import ModelConfig, load_base
+
+    base, _, _ = load_base(ModelConfig(name_or_path=saved_model(), quantization=quantization))
+    layers = [m for m in base.modules() if type(m).__name__ == layer]
+    assert len(layers) == len(target_linears(load(saved_model()), ("lm_head",)))
+    if kind:
+        assert {m.weight.quant_type for m in layers} == {kind}
+    embeds = base.get_input_embeddings().weight[:6].detach().clone()[None].requires_grad_(True)  # (1, 6, D)
+    base(inputs_embeds=embeds).logits.sum().backward()
+    assert embeds.grad is not None and float(embeds.grad.abs().sum()) > 0

@@ -129,7 +129,7 @@ def quantization_config(spec: ModelConfig):
         raise ConfigError(f"model.quantization: {spec.quantization!r} is not valid; choose one of {list(QUANTIZATIONS)}")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise SoftPromptError(f"model.quantization: {spec.quantization} needs the bitsandbytes package; install "
-                              "softprompt[quantize] (pip install 'bitsandbytes>=0.45'), or set model.quantization: none")
+                              "softprompt[quantize] (pip install 'bitsandbytes>=0.50'), or set model.quantization: none")
     from softprompt import compat
 
     if not torch.cuda.is_available() and not compat.bitsandbytes_on_cpu():

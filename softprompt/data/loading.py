@@ -28,7 +28,6 @@ FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parque
 EXAMPLE_FRACTION = 0.1  # the value the missing-split message suggests for data.validation_fraction
 
 log = logging.getLogger(__name__)
-DEMO_NAMES = ("demo", "demo-text", "demo-large-text", "demo-large-task")
 
 
 def local_path(path: str) -> Path:

@@ -40,14 +40,14 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
 
 
-def compress_all(work: Path, calibration_samples: int, seq_len: int) -> dict[str, str]:
+def compress_all(work: Path, calibration_samples: int, seq_len: int, args) -> dict[str, str]:
     from softprompt.compress import CompressConfig, compress
 
     calib = {"calibration": str(work / "calibration.jsonl"), "num_samples": calibration_samples, "seq_len": seq_len}
     if not (work / "calibration.jsonl").exists():  # the pretraining text (the paper calibrates on C4 train)
-        from softprompt.loading import demo_large_dir
+        from softprompt.data.loading import local_path
 
-        lines = (demo_large_dir() / "text" / "train.jsonl").read_text().splitlines()
+        lines = (local_path(args.text) / "train.jsonl").read_text().splitlines()
         (work / "calibration.jsonl").write_text("\n".join(lines[:400]) + "\n")
     plan = {
         "8x": CompressConfig(method="sparsegpt+gptq", sparsity=0.5, bits=4, group_size=None, **calib),
@@ -60,7 +60,7 @@ def compress_all(work: Path, calibration_samples: int, seq_len: int) -> dict[str
         path = work / name
         if not path.exists():
             t = time.time()
-            compress("demo-large", path, cfg)
+            compress(args.model, path, cfg)
             print(f"compressed {name} in {time.time() - t:.0f}s", flush=True)
         out[name] = str(path)
     out["magnitude50-nf4"] = out["magnitude50"] + "@bnb-4bit"
@@ -76,7 +76,7 @@ def train_prompt(work: Path, name: str, base: str, args, **objective) -> Path:
     path, _, quantization = base.partition("@")
     values = {
         "method": "recovery", "model.name_or_path": path, "model.quantization": quantization or "none",
-        "data.path": "demo-large-text", "data.test_split": "null", "data.max_eval_samples": args.eval_rows,
+        "data.path": args.text, "data.test_split": "null", "data.max_eval_samples": args.eval_rows,
         "objective.block_size": args.block_size, "prompt.num_virtual_tokens": args.prompt_length,
         "optim.lr": args.lr, "optim.scheduler": "linear", "optim.warmup_steps": args.steps // 10,
         "train.max_steps": args.steps, "train.batch_size": args.batch_size, "train.eval_every": max(args.steps // 6, 1),
@@ -125,9 +125,9 @@ def cost(base_path: str, args, work: Path) -> dict:
     base_l, _, _ = load_base(cfg.model)
     lora = get_peft_model(base_l, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
     lora.train()
-    train_blocks = split_blocks(load_split("demo-large-text", "train"), "text", tok, args.block_size, "train")
+    train_blocks = split_blocks(load_split(args.text, "train"), "text", tok, args.block_size, "train")
     # the report's held-out cells: the test split's first eval_blocks blocks
-    eval_blocks = split_blocks(load_split("demo-large-text", "test"), "text", tok, args.block_size, "test")[:args.eval_blocks]
+    eval_blocks = split_blocks(load_split(args.text, "test"), "text", tok, args.block_size, "test")[:args.eval_blocks]
     objective = Recover(RecoverConfig(block_size=args.block_size))
     opts = {
         "prompt": torch.optim.AdamW([p for p in prompt_model.parameters() if p.requires_grad], lr=args.lr),
@@ -187,6 +187,10 @@ def cost(base_path: str, args, work: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_recovery"))
+    ap.add_argument("--model", default="demo-large", help="the dense model (demo for a quick smoke run)")
+    ap.add_argument("--text", default="demo-large-text", help="generic text: train/validation/test splits")
+    ap.add_argument("--task", default="demo-large-task", help="source/target rows for task accuracy")
+    ap.add_argument("--results", default="recovery", help="bench/results/<this>/ gets the report files")
     ap.add_argument("--out", default="recovery_demo_large", help="bench/results/<out>.json and .md")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--lr", type=float, default=0.01)
@@ -209,20 +213,20 @@ def main() -> None:
 
     from softprompt import recovery_report as report
 
-    bases = compress_all(args.work, args.calibration_samples, args.block_size)
+    bases = compress_all(args.work, args.calibration_samples, args.block_size, args)
     prompts = {
         "lm": train_prompt(args.work, "lm", bases["8x"], args),
-        "kd": train_prompt(args.work, "kd", bases["8x"], args, kd_weight=1.0, teacher="demo-large"),
-        "mixed": train_prompt(args.work, "mixed", bases["8x"], args, kd_weight=0.5, teacher="demo-large"),
+        "kd": train_prompt(args.work, "kd", bases["8x"], args, kd_weight=1.0, teacher=args.model),
+        "mixed": train_prompt(args.work, "mixed", bases["8x"], args, kd_weight=0.5, teacher=args.model),
         "lm@nf4": train_prompt(args.work, "lm-nf4", bases["magnitude50-nf4"], args),
     }
-    report_bases = {"dense": "demo-large", **bases}
+    report_bases = {"dense": args.model, **bases}
     t = time.time()
-    cells = report.run(report_bases, {k: str(v) for k, v in prompts.items()}, {"held-out": "demo-large-text"}, split="test",
-                       block_size=args.block_size, max_blocks=args.eval_blocks, task="demo-large-task",
+    cells = report.run(report_bases, {k: str(v) for k, v in prompts.items()}, {"held-out": args.text}, split="test",
+                       block_size=args.block_size, max_blocks=args.eval_blocks, task=args.task,
                        max_task_rows=args.task_rows, reference="dense")
     # "pretraining" reads the train split: the text the dense model was pretrained on and the prompts trained on
-    train_cells = report.run(report_bases, {k: str(v) for k, v in prompts.items()}, {"pretraining": "demo-large-text"},
+    train_cells = report.run(report_bases, {k: str(v) for k, v in prompts.items()}, {"pretraining": args.text},
                              split="train", block_size=args.block_size, max_blocks=args.eval_blocks, reference="dense")
     cells += train_cells
     report_s = time.time() - t
@@ -231,7 +235,7 @@ def main() -> None:
                 "demo-large-text test split (generated fresh, never trained on); pretraining: its train split (the "
                 "text the dense model and the prompts trained on). Task: fact recall with markers (demo-large-task "
                 f"test, first {args.task_rows} rows), exact match of greedy continuations.")
-    report.write(cells, RESULTS / "recovery", protocol)
+    report.write(cells, RESULTS / args.results, protocol)
     costs = cost(bases["8x"], args, args.work)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "cells": [c.__dict__ for c in cells],
               "cost": costs, "report_seconds": report_s, "total_seconds": time.time() - started,

@@ -204,6 +204,8 @@ def main() -> None:
     ap.add_argument("--cost-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-nf4-prompt", action="store_true", help="train no prompt on the magnitude+NF4 base")
+    ap.add_argument("--skip-mixed", action="store_true", help="train no mixed LM + KD prompt")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -216,9 +218,11 @@ def main() -> None:
     prompts = {
         "lm": train_prompt(args.work, "lm", bases["8x"], args),
         "kd": train_prompt(args.work, "kd", bases["8x"], args, kd_weight=1.0, teacher=args.model),
-        "mixed": train_prompt(args.work, "mixed", bases["8x"], args, kd_weight=0.5, teacher=args.model),
-        "lm@nf4": train_prompt(args.work, "lm-nf4", bases["magnitude50-nf4"], args),
     }
+    if not args.skip_mixed:
+        prompts["mixed"] = train_prompt(args.work, "mixed", bases["8x"], args, kd_weight=0.5, teacher=args.model)
+    if not args.skip_nf4_prompt:  # a prompt learned on another compression, for the transfer matrix
+        prompts["lm@nf4"] = train_prompt(args.work, "lm-nf4", bases["magnitude50-nf4"], args)
     report_bases = {"dense": args.model, **bases}
     t = time.time()
     cells = report.run(report_bases, {k: str(v) for k, v in prompts.items()}, {"held-out": args.text}, split="test",

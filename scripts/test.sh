@@ -11,7 +11,7 @@ bash scripts/setup.sh test
 # GPTQ / SparseGPT / Wanda run through llmcompressor in its own environment (it pins an older transformers)
 bash scripts/setup.sh compress
 export SOFTPROMPT_COMPRESS_PYTHON="$PWD/.venv-compress/bin/python"
-echo "== newest versions: the whole suite"
+echo "== newest versions: the whole suite (setup took ${SECONDS}s)"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 if [ "${SOFTPROMPT_SKIP_LOWEST:-0}" = 1 ]; then
   echo "== lowest versions: skipped (SOFTPROMPT_SKIP_LOWEST=1)"

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Pretrain a larger model of the embedded demo's family (the same synthetic world, pretraining recipe
 and BPE tokenizer; a 7.5M-parameter Llama, 4x384, instead of 1M, 4x128), trained long enough to recall
-most facts (marker accuracy ~0.7), so compression and recovery have knowledge to lose and win back.
+most facts (marker accuracy ~0.6), so compression and recovery have knowledge to lose and win back.
 
-    python scripts/build_demo_large.py      # ~12.5 min on 2 idle CPU cores (measured: 698 s pretraining), fully offline
+    python scripts/build_demo_large.py      # ~9.5 min on 2 idle CPU cores (measured: 567 s), fully offline
 
 Writes $SOFTPROMPT_CACHE/demo-large (default ~/.cache/softprompt/demo-large; --out), outside git.
 The build goes to a temporary directory next to it, renamed into place at the end, so a killed build

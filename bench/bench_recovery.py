@@ -31,6 +31,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -122,6 +123,8 @@ def cost(base_path: str, args, work: Path) -> dict:
     torch.manual_seed(args.seed)
     prompt_model = build_model(cfg, base_p, tok, kind).train()
     base_l, _, _ = load_base(cfg.model)
+    # peft 0.21 reads transformers' deprecated is_gradient_checkpointing (a FutureWarning per model): not ours
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
     lora = get_peft_model(base_l, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
     lora.train()
     train_blocks = split_blocks(load_split(args.text, "train"), "text", tok, args.block_size, "train")

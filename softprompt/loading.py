@@ -57,7 +57,7 @@ def resolve_model_path(name_or_path: str) -> str:
         path = demo_large_dir() / "model"
         if not (path / "config.json").is_file():
             raise SoftPromptError(f"model.name_or_path: demo-large is not built here ({path}); build it once with "
-                                  "`python scripts/build_demo_large.py` (about 12 minutes on 2 CPU cores)")
+                                  "`python scripts/build_demo_large.py` (about 10 minutes on 2 CPU cores)")
         return str(path)
     return name_or_path
 

@@ -393,15 +393,20 @@ def with_label_name(row: dict, data_cfg, split: str | None = None, i: int | None
     return {**row, "label_name": data_cfg.label_names[_label_index(row.get(data_cfg.label_column), data_cfg, split, i)]}
 
 
+def limited(rows, data_cfg, split: str):
+    """`rows` cut to data.max_train_samples (the train split) / max_eval_samples (any other); every objective's
+    encode goes through it, so the limits mean the same rows everywhere. Refuses an empty split."""
+    if len(rows) == 0:
+        raise SoftPromptError(f"data: the {split!r} split is empty; give at least one row")
+    limit = data_cfg.max_train_samples if split == data_cfg.train_split else data_cfg.max_eval_samples
+    return rows.select(range(min(limit, len(rows)))) if limit is not None else rows
+
+
 def encode_rows(rows, tokenizer, data_cfg, kind: str, split: str) -> list[dict]:
     """Template and tokenize every row. Causal rows are `source + target` with labels on the target
     only; seq2seq rows keep them apart. Every row also keeps `source_ids` and the target text for
     generation-based evaluation."""
-    if len(rows) == 0:
-        raise SoftPromptError(f"data: the {split!r} split is empty; give at least one row")
-    limit = data_cfg.max_train_samples if split == data_cfg.train_split else data_cfg.max_eval_samples
-    if limit is not None:
-        rows = rows.select(range(min(limit, len(rows))))
+    rows = limited(rows, data_cfg, split)
     check_rows(rows, data_cfg, split)
     eos = [tokenizer.eos_token_id] if data_cfg.add_eos and tokenizer.eos_token_id is not None else []
     bos = tokenizer.bos_token_id

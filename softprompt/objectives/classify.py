@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from softprompt.data.collate import pad_right
+from softprompt.data.loading import limited
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.objectives import label_data
 from softprompt.objectives.label_data import LABEL_FORMATS
@@ -89,7 +90,7 @@ class Classification:
         vector (multi-label: (L,) 0/1) or class index."""
         from softprompt.data.loading import _truncate
 
-        rows = label_data.limited(rows, data_cfg, split)
+        rows = limited(rows, data_cfg, split)
         label_data.check_columns(self.cfg, set(rows.column_names), data_cfg.source_template, split)
         matrix = label_data.label_matrix(self.cfg, rows, split)  # (N, L) 0/1
         targets = matrix if self.cfg.multi_label else matrix.argmax(1)  # (N, L) or (N,) class index

@@ -18,19 +18,12 @@ import math
 import numpy as np
 import torch
 
+from softprompt.data.loading import limited
 from softprompt.data.templates import render, template_fields
 from softprompt.errors import SoftPromptError
 from softprompt.layers.inits import LABEL_INITS
 
 LABEL_FORMATS = ("columns", "list", "index")
-
-
-def limited(rows, data_cfg, split: str):
-    """`rows` cut to data.max_train_samples / max_eval_samples; refuses an empty split."""
-    if len(rows) == 0:
-        raise SoftPromptError(f"data: the {split!r} split is empty; give at least one row")
-    limit = data_cfg.max_train_samples if split == data_cfg.train_split else data_cfg.max_eval_samples
-    return rows.select(range(min(limit, len(rows)))) if limit is not None else rows
 
 
 def sources(rows, template: str, split: str) -> list[str]:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from softprompt.data.collate import collate, pad_right
+from softprompt.data.loading import limited
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.objectives import label_data
 from softprompt.objectives.label_data import LABEL_FORMATS
@@ -153,7 +154,7 @@ class LabelText:
         The source is cut as data.truncation says (as the LM objective's rows); targets are never cut."""
         from softprompt.data.loading import _truncate
 
-        rows = label_data.limited(rows, data_cfg, split)
+        rows = limited(rows, data_cfg, split)
         label_data.check_columns(self.cfg, set(rows.column_names), data_cfg.source_template, split)
         matrix = label_data.label_matrix(self.cfg, rows, split)  # (N, L) 0/1
         empty = np.flatnonzero(matrix.sum(1) == 0)
@@ -211,7 +212,7 @@ class LabelText:
 
         try:
             train_split, rows = load_splits(data_cfg)["train"]
-            rows = label_data.limited(rows, data_cfg, train_split)
+            rows = limited(rows, data_cfg, train_split)
             label_data.check_columns(self.cfg, set(rows.column_names), data_cfg.source_template, train_split)
             return label_data.label_matrix(self.cfg, rows, train_split)
         except SoftPromptError as e:

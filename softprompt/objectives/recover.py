@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from softprompt.data.loading import limited
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.objectives.lm import scored_targets
 
@@ -188,7 +189,8 @@ class Recover:
             raise SoftPromptError("head: the recover objective scores the base's own LM head; remove the head section")
 
     def encode(self, rows, tokenizer, data_cfg, kind: str, split: str) -> list[dict]:
-        return split_blocks(rows, self.cfg.text_field, tokenizer, self.cfg.block_size, split)
+        # the row limits count documents, cut before packing: a limit never splits a document
+        return split_blocks(limited(rows, data_cfg, split), self.cfg.text_field, tokenizer, self.cfg.block_size, split)
 
     def collate(self, items: list[dict], pad_id: int, kind: str) -> dict[str, torch.Tensor]:
         return collate_blocks(items)

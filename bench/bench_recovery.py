@@ -76,7 +76,7 @@ def train_prompt(work: Path, name: str, base: str, args, **objective) -> Path:
     path, _, quantization = base.partition("@")
     values = {
         "method": "recovery", "model.name_or_path": path, "model.quantization": quantization or "none",
-        "data.path": args.text, "data.test_split": "null", "data.max_eval_samples": args.eval_rows,
+        "data.path": args.text, "data.test_split": "null", "data.max_eval_samples": args.eval_rows or "null",
         "objective.block_size": args.block_size, "prompt.num_virtual_tokens": args.prompt_length,
         "optim.lr": args.lr, "optim.scheduler": "linear", "optim.warmup_steps": args.steps // 10,
         "train.max_steps": args.steps, "train.batch_size": args.batch_size, "train.eval_every": max(args.steps // 6, 1),
@@ -200,7 +200,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--prompt-length", type=int, default=20)
-    ap.add_argument("--eval-rows", type=int, default=200, help="validation documents for training's eval")
+    ap.add_argument("--eval-rows", type=int, default=0,
+                    help="validation documents for training's eval (0: all; the committed results used all, since "
+                         "recovery ignored the limit until efa5fa6)")
     ap.add_argument("--eval-blocks", type=int, default=200, help="blocks per text in the report")
     ap.add_argument("--task-rows", type=int, default=300)
     ap.add_argument("--calibration-samples", type=int, default=64)

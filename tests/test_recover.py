@@ -74,24 +74,6 @@ def test_blocks_cover_documents_with_their_special_tokens(saved_model, text_dir)
         split_blocks(rows, "body", tok, 16, "validation")
 
 
-def test_row_limits_cut_documents_before_packing(saved_model, text_dir, tmp_path):
-    """data.max_train_samples / max_eval_samples count documents for recovery as for every objective (they were
-    once ignored here, so a selection set the user had shrunk silently stayed whole)."""
-    from softprompt.data.loading import load_split
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(saved_model())
-    cfg = load_config(None, recipe(saved_model(), text_dir, tmp_path, **{"data.max_train_samples": 30,
-                                                                         "data.max_eval_samples": 12}))
-    objective = Recover(cfg.objective)
-    for split, n in (("train", 30), ("validation", 12)):
-        rows = load_split(str(text_dir), split)
-        assert len(rows) > n
-        got = objective.encode(rows, tok, cfg.data, "causal", split)
-        assert got == split_blocks(rows.select(range(n)), "text", tok, 16, split)
-        assert len(got) < len(split_blocks(rows, "text", tok, 16, split))
-
-
 def test_perplexity_scores_the_same_tokens_as_the_models_own_loss(saved_model, text_dir):
     """No prompt: our windowing equals HF's own shifted loss on each block (an independent computation)."""
     from softprompt.data.loading import load_split

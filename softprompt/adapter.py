@@ -97,6 +97,9 @@ def save(model, out_dir: str | Path, **meta) -> Path:
     if head is not None:
         extra.update({f"head.{k}": v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()})
         caveat = caveat or "PEFT's prompt tuning has no place for a trained head"
+    selector = getattr(model, "selector", None)
+    if selector is not None:
+        extra.update({f"selector.{k}": v.detach().float().cpu().contiguous() for k, v in selector.state_dict().items()})
     if extra:
         save_tensors(extra, tmp / EXTRA)
     if caveat:
@@ -113,6 +116,7 @@ def save(model, out_dir: str | Path, **meta) -> Path:
         "prompt": source.describe(),
         "peft_tensor": peft_key,  # which prompt state tensor adapter_model.safetensors holds, or null
         "head": head.describe() if head is not None else None,
+        "selector": selector.describe() if selector is not None else None,  # a bank's per-row choice (selectors/)
         "decision": model.decision,  # the objective's fitted decision rule (per-label thresholds), or null
         "compression": compression_of(model.base_name),  # how a compressed base was made (compress.py), or null
         "config": model.run_config,  # the run that trained it (labels, template), when known; meta may say
@@ -179,6 +183,7 @@ class SavedAdapter:
     kind: str | None  # None: not recorded (a plain PEFT adapter of another task type)
     base_config: ModelConfig  # what loads the base it was trained on
     meta: dict  # the sidecar (or what a PEFT config says)
+    selector: torch.nn.Module | None = None  # a bank's selector, rebuilt
 
 
 def read(adapter_dir: str | Path) -> SavedAdapter:
@@ -205,12 +210,16 @@ def read(adapter_dir: str | Path) -> SavedAdapter:
     if meta.get("head"):
         head_state = {k.removeprefix("head."): v for k, v in extra.items() if k.startswith("head.")}
         head = _restore("HEADS", meta["head"], head_state, path)
+    selector = None
+    if meta.get("selector"):
+        selector_state = {k.removeprefix("selector."): v for k, v in extra.items() if k.startswith("selector.")}
+        selector = _restore("SELECTORS", meta["selector"], selector_state, path)
     kind = meta.get("kind")
     loading = meta.get("base_loading") or {}
     known = {f.name for f in dataclasses.fields(ModelConfig)} - {"name_or_path", "kind"}
     base_config = ModelConfig(name_or_path=meta.get("base_model") or "", kind=kind or "auto",
                               **{k: v for k, v in loading.items() if k in known})
-    return SavedAdapter(source, head, kind, base_config, meta)
+    return SavedAdapter(source, head, kind, base_config, meta, selector)
 
 
 def _restore(table: str, description: dict, state: dict, path: Path):

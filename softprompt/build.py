@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from softprompt.config import Config
 from softprompt.model import SoftPromptModel
-from softprompt.registry import HEADS, OBJECTIVES, PROMPTS
+from softprompt.registry import HEADS, OBJECTIVES, PROMPTS, SELECTORS
 
 
 def complete_config(cfg: Config) -> Config:
@@ -23,7 +23,7 @@ def build_objective(cfg: Config):
 
 
 def build_model(cfg: Config, base, tokenizer, kind: str) -> SoftPromptModel:
-    """The frozen `base` with a fresh prompt source and head per `cfg`. Draws from seeded generators
+    """The frozen `base` with a fresh prompt source, head and selector per `cfg`. Draws from seeded generators
     only, so the global RNG (dropout, data order) is the same whichever components are built."""
     objective = build_objective(cfg)
     objective.check_model(kind, cfg.head is not None, cfg.model.name_or_path)
@@ -31,7 +31,9 @@ def build_model(cfg: Config, base, tokenizer, kind: str) -> SoftPromptModel:
     seed = cfg.prompt.seed if cfg.prompt.seed is not None else cfg.train.seed
     source = PROMPTS[cfg.prompt.type].build(cfg.prompt, table, tokenizer, kind, cfg.train.seed)
     head = HEADS[cfg.head.type].build(cfg.head, table.shape[1], seed + 1, kind) if cfg.head is not None else None
-    return SoftPromptModel(base, source, tokenizer, kind, cfg.model, execution=cfg.prompt.execution, head=head)
+    selector = SELECTORS[cfg.selector.type].build(cfg.selector, source, table) if cfg.selector is not None else None
+    return SoftPromptModel(base, source, tokenizer, kind, cfg.model, execution=cfg.prompt.execution, head=head,
+                           selector=selector)
 
 
 def param_groups(cfg: Config, model: SoftPromptModel) -> list[dict]:

@@ -22,11 +22,18 @@ PREFIX = "step_"
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """What training changes: the trainable parameters and the state learned without gradients (a key
+    selector's centroids, `model.learned_buffers()`)."""
+    learned = {n: p for n, p in model.named_parameters() if p.requires_grad} | learned_buffers(model)
+    return {n: t.detach().cpu().clone().contiguous() for n, t in learned.items()}
+
+
+def learned_buffers(model) -> dict[str, torch.Tensor]:
+    return model.learned_buffers() if hasattr(model, "learned_buffers") else {}
 
 
 def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) | learned_buffers(model)
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value.to(params[name].device))
@@ -129,9 +136,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
         tensors = load_file(str(tensors_file))
     except Exception as e:  # safetensors raises its own error types for a cut or garbled file
         raise damaged(tensors_file, first_line(e)) from None
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) | learned_buffers(model)
     wrong = [n for n, t in tensors.items() if n not in params or params[n].shape != t.shape]
-    if wrong or set(tensors) != {n for n, p in params.items() if p.requires_grad}:
+    if wrong or set(tensors) != set(trainable_state(model)):
         raise damaged(tensors_file, f"its tensors do not match the model's trainable ones ({wrong or sorted(tensors)})")
     try:
         state = torch.load(state_file, map_location="cpu", weights_only=True)

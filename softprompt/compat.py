@@ -13,6 +13,7 @@ from a parameter name in `inspect.signature` alone, which a renaming decorator c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -124,3 +125,43 @@ def keep_4bit_differentiable(model: nn.Module) -> int:
             module.support_avx512bf16_for_cpu = False
             changed += 1
     return changed
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading attention probabilities from a few layers without eager attention everywhere
+
+CAPTURE = "softprompt_capture"  # the attention implementation name registered while a capture is open
+_capture_hook = None
+
+
+def _capturing_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA's output, after showing the hook this layer's post-RoPE query (B, H, T, hd), keys (B, Hkv, S, hd),
+    mask (bool, True = attend; float, additive; or None) and keyword arguments (scaling, softcap, ...)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if _capture_hook is not None:
+        _capture_hook(module, query, key, attention_mask, kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+@contextlib.contextmanager
+def attention_capture(base: nn.Module, hook):
+    """While open, every attention layer of `base` that dispatches through transformers' `AttentionInterface`
+    computes with SDPA (SDPA's boolean masks) and calls `hook(module, query, key, mask, kwargs)` first, so a
+    caller can read the attention probabilities of the layers it wants without `output_attentions`, which
+    forces eager attention and materialises every layer's map. The model's implementation is switched by
+    name for the duration (config._attn_implementation, set on sub-configs too) and restored after. Whether a
+    model dispatches this way is behaviour the caller checks (the hook is called once per layer)."""
+    global _capture_hook
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(CAPTURE, _capturing_attention)
+    AttentionMaskInterface.register(CAPTURE, sdpa_mask)
+    before, _capture_hook = base.config._attn_implementation, hook
+    base.config._attn_implementation = CAPTURE
+    try:
+        yield
+    finally:
+        base.config._attn_implementation = before
+        _capture_hook = None

@@ -26,7 +26,7 @@ from softprompt.errors import ConfigError
 from softprompt.layers.plain import LABEL_INITS, PromptConfig
 from softprompt.loading import QUANTIZATIONS, ModelConfig
 from softprompt.objectives.lm import LMConfig
-from softprompt.registry import HEADS, METHODS, OBJECTIVES, PROMPTS, lookup
+from softprompt.registry import HEADS, METHODS, OBJECTIVES, PROMPTS, SELECTORS, lookup
 from softprompt.textfile import read_utf8
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,15 @@ class Config:
     prompt: Any = field(default_factory=PromptConfig)  # how the prompt is produced (registry.PROMPTS)
     objective: Any = field(default_factory=LMConfig)  # what it is trained for (registry.OBJECTIVES)
     head: Any = None  # a trainable head on the body's hidden states (registry.HEADS), or None
+    selector: Any = None  # each row's prompt of a bank (registry.SELECTORS), or None
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-# Built in this order: the prompt's label inits read the objective's labels.
-SECTIONS = {"objective": (OBJECTIVES, "lm"), "head": (HEADS, None), "prompt": (PROMPTS, "plain")}
+# Built in this order: the prompt's label inits read the objective's labels, and its preset the others.
+SECTIONS = {"objective": (OBJECTIVES, "lm"), "head": (HEADS, None), "selector": (SELECTORS, None),
+            "prompt": (PROMPTS, "plain")}
 
 # Keys that moved when prompt sources and objectives became components: old key -> new key. A recipe
 # written before keeps working (one warning names the new key); giving both is an error.
@@ -177,9 +179,9 @@ def from_dict(data: dict | None, warn_moved: bool = True) -> Config:
 
 def _preset_of(prompt_type: str, sections: dict) -> str | None:
     """The name of the preset over this prompt type and the built objective and head sections, if any."""
-    head = sections["head"].type if sections["head"] is not None else None
-    return next((n for n, p in METHODS.items() if (p.prompt, p.objective, p.head) ==
-                 (prompt_type, sections["objective"].type, head)), None)
+    head, selector = (sections[s].type if sections[s] is not None else None for s in ("head", "selector"))
+    return next((n for n, p in METHODS.items() if (p.prompt, p.objective, p.head, p.selector) ==
+                 (prompt_type, sections["objective"].type, head, selector)), None)
 
 
 def _prompt_defaults(values: dict, preset, objective) -> dict:
@@ -414,7 +416,9 @@ def validate(cfg: Config) -> None:
         # an objective with labels gives them (from the data at the latest); this one has none
         raise ConfigError(f"prompt.init_labels: required when prompt.init is {cfg.prompt.init!r} and the objective has "
                           "no labels; give the label names, e.g. prompt.init_labels: [sports, politics]")
-    for section, table in (("prompt", PROMPTS), ("objective", OBJECTIVES)):  # checks across sections
+    for section, table in (("prompt", PROMPTS), ("objective", OBJECTIVES), ("selector", SELECTORS)):  # across sections
+        if getattr(cfg, section) is None:
+            continue
         check = table[getattr(cfg, section).type].check
         if check is not None:
             check(getattr(cfg, section), cfg)

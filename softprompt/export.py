@@ -50,7 +50,7 @@ def final_decision(ckpt: Path, step) -> dict | None:
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """A run's checkpoint (step_NNNNNN/) as an adapter dir. Everything is checked before anything is written."""
     from softprompt.build import build_model
-    from softprompt.checkpoint import load_trainable_state
+    from softprompt.checkpoint import learned_buffers, load_trainable_state
     from softprompt.config import from_dict
     from softprompt.loading import load_base
 
@@ -66,7 +66,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     tensors = read_tensors(ckpt / "trainable.safetensors", fix)
     base, tokenizer, kind = load_base(cfg.model)
     model = build_model(cfg, base, tokenizer, kind)
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters()) | learned_buffers(model)
     wrong = sorted(k for k, v in tensors.items() if k not in params or params[k].shape != v.shape)
     if wrong:
         raise SoftPromptError(f"export: {str(ckpt / 'trainable.safetensors')!r} does not fit the model its meta.json "

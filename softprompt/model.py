@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from softprompt import adapter, compat, shared_prefix
+from softprompt import adapter, compat, selectors, shared_prefix
 from softprompt.errors import SoftPromptError
 from softprompt.layers import apply_offset
 from softprompt.loading import ModelConfig, detect_kind, load_base
 from softprompt.objectives.lm import token_loss
+from softprompt.selectors.oracle import OracleSelector
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +108,25 @@ def _accepts(module: nn.Module, name: str) -> bool:
 
 
 class SoftPromptModel(nn.Module):
-    """A frozen base, a prompt source (layers/) and optionally a trainable head (heads.py).
+    """A frozen base, a prompt source (layers/), optionally a trainable head (heads.py) and, for a bank of
+    prompts, a selector (selectors/) that picks each row's prompt where the caller passes no `prompt_index`.
 
     `forward` gives the base's logits aligned with the input; `hidden_states` runs the base's body only
     (no LM head) and `head_outputs` feeds those hidden states to the head. Each runs on the execution
     path `execution_mode()` chooses (shared prefix or concatenation)."""
 
     def __init__(self, base: nn.Module, prompt: nn.Module, tokenizer=None, kind: str | None = None,
-                 base_config: ModelConfig | str | None = None, execution: str = "auto", head: nn.Module | None = None):
+                 base_config: ModelConfig | str | None = None, execution: str = "auto", head: nn.Module | None = None,
+                 selector: nn.Module | None = None):
         super().__init__()
+        if selector is not None and getattr(prompt, "num_prompts", None) is None:
+            raise SoftPromptError(f"selector: picks a prompt of a bank per row, and {type(prompt).__name__} holds one "
+                                  "prompt for every row; use a PromptBank, or no selector")
         base.requires_grad_(False)
         self.base = base
         self.prompt = prompt  # a prompt source (layers/source.py): plain, DePT, bank
         self.head = head  # None, or a trainable module on (hidden_states, attention_mask)
+        self.selector = selector  # None, or each row's prompt of the bank from its input (selectors/)
         self.decision: dict | None = None  # the objective's fitted decision rule (per-label thresholds), saved with the adapter
         self.run_config: dict | None = None  # the config that trained a loaded adapter (its labels, its template)
         self.tokenizer = tokenizer
@@ -164,7 +171,8 @@ class SoftPromptModel(nn.Module):
             base, loaded, kind = load_base(saved.base_config)
             tokenizer = tokenizer or loaded
         adapter.check_base(saved, base, repr(str(adapter_dir)))
-        model = cls(base, saved.source, tokenizer, kind or detect_kind(base.config), saved.base_config, head=saved.head)
+        model = cls(base, saved.source, tokenizer, kind or detect_kind(base.config), saved.base_config, head=saved.head,
+                    selector=saved.selector)
         model.decision = saved.meta.get("decision")
         model.run_config = saved.meta.get("config") if isinstance(saved.meta.get("config"), dict) else None
         return model.to(base.device)
@@ -181,6 +189,11 @@ class SoftPromptModel(nn.Module):
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def learned_buffers(self) -> dict[str, torch.Tensor]:
+        """State learned without gradients (a key selector's centroids), by name: checkpoints keep it with the
+        trainable parameters."""
+        return dict(self.named_buffers(prefix="selector")) if self.selector is not None else {}
 
     @property
     def input_table(self) -> nn.Module:
@@ -224,6 +237,8 @@ class SoftPromptModel(nn.Module):
         if output == "scores" and self.head is None:
             raise SoftPromptError("output='scores': this model has no head; give the config a head section "
                                   "(or build SoftPromptModel with head=...)")
+        if prompt_index is None and self.selector is not None:
+            prompt_index = self.select(input_ids, attention_mask, labels)  # (B,): the bank's prompt per row
         if self.kind == "seq2seq" and labels is not None and output == "logits" and kwargs.get("decoder_input_ids") is None:
             kwargs["decoder_input_ids"] = self.decoder_inputs(labels)
         run = {"causal": self._causal, "seq2seq": self._seq2seq, "encoder": self._encoder}[self.kind]
@@ -235,6 +250,25 @@ class SoftPromptModel(nn.Module):
             result.loss_sum, result.num_tokens = token_loss(result.logits, labels, self.kind, mask)
             result.loss = result.loss_sum / result.num_tokens.clamp(min=1)
         return result
+
+    def select(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Each row's prompt of the bank (B,), by the model's selector from the row's context (selectors/
+        context_mask: never a text-to-text row's targets). Hard and without gradient; scored in eval mode, so
+        dropout neither changes the choice nor draws from the RNG. In training mode the choice is the
+        selector's `train_with` rule's, and a selector that learns from its rows (keys) sees them."""
+        if self.selector is None:
+            raise SoftPromptError("select: this model has no selector; build it with selector=..., or pass prompt_index")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        context = selectors.context_mask(attention_mask, labels, self.kind, self.selector.context_tokens)  # (B, L)
+        training = self.training
+        chooser = OracleSelector() if training and self.selector.train_with == "oracle" else self.selector
+        with torch.no_grad(), shared_prefix.eval_mode(self):
+            index = chooser.scores(self, input_ids, attention_mask, context, labels).argmax(dim=-1)  # (B,)
+        if training:
+            self.selector.observe(self, input_ids, context, index)
+        return index
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       **kwargs) -> SoftPromptOutput:
@@ -349,6 +383,8 @@ class SoftPromptModel(nn.Module):
         else:
             input_ids = texts.to(self.device)
             attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(self.device)
+        if prompt_index is None and self.selector is not None:
+            prompt_index = self.select(input_ids, attention_mask)  # (B,): from the input, as forward chooses
         kwargs = self._generate_kwargs(generate_kwargs, input_ids.shape[1])
         if (self.kind == "causal" and self.execution_mode() == "shared_prefix" and not self._gap_blocks_cache(attention_mask)
                 and not shared_prefix.candidate_decoding(kwargs, self.base.generation_config)):

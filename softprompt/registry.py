@@ -5,6 +5,7 @@ Four kinds of component, each a file with its frozen config and paper link:
 - OBJECTIVES: what they are trained for (objectives/): text-to-text LM, classification, label lists as text,
   recovery of a compressed model (LM on blocks, distillation);
 - HEADS: a trainable module on aligned hidden states (heads.py);
+- SELECTORS: which prompt of a bank each row takes (selectors/): attention (IDP), learned keys, oracle;
 - the base loader is `loading.load_base`, whose `ModelConfig` records quantization and placement.
 A method (METHODS) is a preset naming one of each. Adding a method is a file plus a line here.
 """
@@ -19,17 +20,22 @@ from softprompt.errors import ConfigError
 from softprompt.layers import bank, dept, plain
 from softprompt.methods import Preset
 from softprompt.methods import dept as dept_method
+from softprompt.methods import idp
 from softprompt.methods import prompt_tuning
 from softprompt.methods import ptec
 from softprompt.methods import ptec_text
 from softprompt.methods import recovery
 from softprompt.objectives import classify, label_data, label_text, lm, recover
+from softprompt.selectors import attention, key, oracle
+from softprompt.selectors import check as selector_check
 
 
 @dataclass(frozen=True)
 class Component:
     config_class: type  # the frozen dataclass its config section builds
-    build: Callable  # prompts: (cfg, table, tokenizer, kind, seed); objectives: (cfg); heads: (cfg, dim, seed, kind)
+    # prompts: (cfg, table, tokenizer, kind, seed); objectives: (cfg); heads: (cfg, dim, seed, kind);
+    # selectors: (cfg, prompt source, table)
+    build: Callable
     param_groups: Callable | None = None  # (module, cfg, optim config) -> optimizer groups
     restore: Callable | None = None  # (describe() dict, state dict) -> module, for adapters
     check: Callable | None = None  # (cfg, full Config) -> None: cross-section checks before anything loads
@@ -56,12 +62,19 @@ HEADS: dict[str, Component] = {
     "linear": Component(heads.HeadConfig, heads.build, heads.param_groups, heads.restore),
 }
 
+SELECTORS: dict[str, Component] = {
+    "attention": Component(attention.AttentionConfig, attention.build, restore=attention.restore, check=selector_check),
+    "key": Component(key.KeyConfig, key.build, restore=key.restore, check=selector_check),
+    "oracle": Component(oracle.OracleConfig, oracle.build, restore=oracle.restore, check=selector_check),
+}
+
 METHODS: dict[str, Preset] = {
     "prompt_tuning": prompt_tuning.PRESET,
     "dept": dept_method.PRESET,
     "ptec": ptec.PRESET,
     "ptec_text": ptec_text.PRESET,
     "recovery": recovery.PRESET,
+    "idp": idp.PRESET,
 }
 
 

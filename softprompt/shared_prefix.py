@@ -33,6 +33,7 @@ and by `generate` until the prompt parameter changes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import weakref
 
@@ -169,9 +170,13 @@ def parity_probe(base: nn.Module) -> str | None:
     rows = table.detach()[torch.randint(table.shape[0], (9,), generator=generator).to(table.device)]  # (9, D)
     prompt, tokens = rows[:3], rows[3:].view(2, 3, -1)  # (p=3, D), (B=2, L=3, D)
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]], device=table.device)  # (B, L)
-    modes = {m: m.training for m in base.modules()}  # restored one by one: a user may keep some in eval
-    base.eval()  # no dropout: the probe must not draw from the global RNG, nor differ by chance
-    try:  # no autocast: the probe compares the two paths at the model's own precision
+    # no dropout: the probe must not draw from the global RNG, nor differ by chance
+    with eval_mode(base):  # no autocast: the probe compares the two paths at the model's own precision
+        return _probe(base, table, prompt, tokens, mask)
+
+
+def _probe(base, table, prompt, tokens, mask) -> str | None:
+    try:
         if not compat.fills_cache(base.base_model, prompt.unsqueeze(0)):
             return f"{type(base).__name__} does not fill a {compat.CACHE_ARG!r} key/value cache passed to it"
         # The body's last hidden states, not logits: the LM head acts on each position alone, so it cannot
@@ -185,9 +190,6 @@ def parity_probe(base: nn.Module) -> str | None:
             shared = forward(body, prompt_kv(base, prompt.unsqueeze(0)), tokens, mask).last_hidden_state[:, -3:].float()
     except Exception as e:  # noqa: BLE001 - any failure of the fast path on this model means "not exact here"
         return f"the shared-prefix pass fails on {type(base).__name__} ({gist(e, limit=120, typed=True)})"
-    finally:
-        for module, training in modes.items():
-            module.training = training
     real = mask.bool()
     diff = (full - shared).abs()[real].max().item()
     scale = full[real].abs().max().item()
@@ -198,6 +200,19 @@ def parity_probe(base: nn.Module) -> str | None:
         return (f"a parity probe on the loaded model differs from concatenation by {diff:.2e} in its last hidden states "
                 f"(tolerance {tol:.1e})")
     return None
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """`module` in eval mode for the duration, each submodule's own mode restored after (a user may keep
+    some in eval while the rest trains)."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.training = training
 
 
 # ---------------------------------------------------------------------------------------------------

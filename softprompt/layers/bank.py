@@ -1,10 +1,11 @@
 """A bank of prompts with one chosen per row: the per-row prompt source behind dynamic prompting
-(IDP: Hoang et al. 2023, "Dynamic Prompting: A Unified Framework for Prompt Tuning",
-https://arxiv.org/abs/2303.02909) and any method that keeps a prompt per task, domain or cluster.
+(IDP: Hoang et al. 2023, "(Dynamic) Prompting might be all you need to repair Compressed LLMs",
+https://arxiv.org/abs/2310.00867) and any method that keeps a prompt per task, domain or cluster.
 
 The bank holds K prompts (K, p, d). Row b of a batch takes prompt `prompt_index[b]`, which the caller
-passes (a data column, or a selector that a method adds); the bank never guesses one. Every prompt
-is initialised like a plain prompt, each with its own draw, so the bank does not start symmetric.
+passes, or which the model's selector (selectors/) computes from the row; the bank never guesses one.
+Every prompt is initialised like a plain prompt, each with its own draw, so the bank does not start
+symmetric.
 
 Execution: concatenation gathers each row's prompt. The shared-prefix path runs the K prompts once
 (batch K) and hands each row its own prompt's keys/values (`shared_prefix.broadcast_cache`), so the
@@ -140,11 +141,12 @@ def build(cfg: BankConfig, table: torch.Tensor, tokenizer, kind: str, seed: int)
 
 
 def check(cfg: BankConfig, full) -> None:
-    """A bank needs each row's prompt number, and no objective supplies one yet (dynamic selection, which
-    computes it from the input, comes with IDP): refuse the recipe before anything loads or is written."""
-    raise ConfigError(f"prompt.type: bank needs each row's prompt number, which objective {full.objective.type!r} does "
-                      "not supply (a selector that computes it comes with dynamic prompting); use a bank from the "
-                      "library: SoftPromptModel(base, PromptBank(prompts))(..., prompt_index=...)")
+    """A bank in a recipe needs a selector to give each row its prompt (no data column carries one): refuse
+    the recipe before anything loads or is written."""
+    if full.selector is None:
+        raise ConfigError("prompt.type: bank needs each row's prompt number; add a selector section (selector.type: "
+                          "attention, key or oracle), or use method: idp; from the library, pass prompt_index to "
+                          "SoftPromptModel(base, PromptBank(prompts))(...)")
 
 
 def param_groups(source: PromptBank, cfg: BankConfig, optim) -> list[dict]:

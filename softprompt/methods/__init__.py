@@ -17,3 +17,4 @@ class Preset:
     objective: str  # a key of registry.OBJECTIVES
     head: str | None = None  # a key of registry.HEADS, or None: the base's own head
     prompt_init: str | None = None  # the method's prompt.init where the recipe sets none (None: the prompt's own)
+    selector: str | None = None  # a key of registry.SELECTORS (a bank's per-row choice), or None

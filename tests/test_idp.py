@@ -339,3 +339,24 @@ def test_key_selector_state_resumes_exactly(tmp_path, saved_model):
     for name, value in whole.model.learned_buffers().items():
         assert torch.equal(resumed.model.learned_buffers()[name], value), name
     assert torch.equal(whole.model.prompt.prompt_table(torch.float32), resumed.model.prompt.prompt_table(torch.float32))
+
+
+def test_each_bank_member_exports_as_a_peft_adapter(saved_model, tokenizer, tmp_path):
+    """Real PEFT loads bank/prompt_KK/ on the base and reproduces our logits with prompt K for every row."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    path = saved_model("llama")
+    base = AutoModelForCausalLM.from_pretrained(path)
+    model = SoftPromptModel(base, bank_of(base), tokenizer, "causal", base_config=path, selector=AttentionSelector())
+    out = model.save_adapter(tmp_path / "adapter")
+    assert not (out / "adapter_config.json").exists()  # no PEFT form for the bank itself
+    ids = torch.tensor([tokenizer("the cat sat on the mat")["input_ids"]])
+    for k in range(K):
+        member = out / "bank" / f"prompt_{k:02d}"
+        assert json.loads((member / "adapter_config.json").read_text())["num_virtual_tokens"] == P
+        pm = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), str(member)).eval()
+        with torch.no_grad():
+            theirs = pm(input_ids=ids).logits[:, P:]  # PEFT returns the virtual positions too
+            mine = model.eval()(ids, prompt_index=torch.tensor([k])).logits
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)

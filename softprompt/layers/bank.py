@@ -122,9 +122,14 @@ class PromptBank(nn.Module):
                 "dim": self.dim}
 
     def peft_view(self) -> tuple[None, str]:
-        """PEFT cannot hold a bank: no PEFT tensor, and why."""
+        """PEFT cannot hold a bank: no PEFT tensor at the top, and why (each member gets a PEFT dir of its own)."""
         return None, (f"PEFT's prompt tuning holds one prompt and a bank holds {self.num_prompts}, chosen per row; "
-                      "load it with SoftPromptModel.from_adapter")
+                      f"bank/prompt_00..{self.num_prompts - 1:02d}/ are PEFT adapters of the members, each a fixed prompt "
+                      "for every row")
+
+    def peft_members(self) -> torch.Tensor:
+        """Each prompt as PEFT would hold it alone: (K, p, D) fp32."""
+        return self.prompts.detach().float().cpu()
 
     def serving_view(self, dtype: torch.dtype) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         files = {"prompt_bank.safetensors": {"prompt_embeds": self.prompts.detach().to(dtype).cpu().contiguous()}}  # (K, p, D)

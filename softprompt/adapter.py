@@ -4,7 +4,7 @@ An adapter dir is at once:
 - a strict PEFT `PROMPT_TUNING` adapter (`adapter_config.json` with only PEFT's keys,
   `adapter_model.safetensors` holding `prompt_embeddings` (p, d) fp32, `num_transformer_submodules: 1`)
   that `peft.PeftModel.from_pretrained` loads, wherever the prompt source has a PEFT view (a bank has
-  none, and writes one such dir per member under `bank/prompt_KK/` instead);
+  none, and writes one such dir per member under `members/prompt_KK/` instead);
 - our sidecar `softprompt.json`: the base (its name as given, "demo" included, as `base_model`; how to load it again as
   `base_loading`), kind, a probe of the base's embedding table so a wrong base is caught, and each
   component's `describe()`; `softprompt_extra.safetensors` holds the component state PEFT cannot
@@ -94,10 +94,11 @@ def save(model, out_dir: str | Path, **meta) -> Path:
     peft_key, caveat = source.peft_view()
     if peft_key is not None:
         _write_peft(model, state.pop(peft_key), tmp)
-    if hasattr(source, "peft_members"):  # a bank: each member as a PEFT adapter of its own, bank/prompt_KK/
-        for k, member in enumerate(source.peft_members()):
-            (tmp / "bank" / f"prompt_{k:02d}").mkdir(parents=True)
-            _write_peft(model, member.contiguous(), tmp / "bank" / f"prompt_{k:02d}")
+    members = source.peft_members() if hasattr(source, "peft_members") else None
+    if members is not None:  # several prompts (a bank): each as a PEFT adapter of its own, members/prompt_KK/
+        for k, member in enumerate(members):
+            (tmp / "members" / f"prompt_{k:02d}").mkdir(parents=True)
+            _write_peft(model, member.contiguous(), tmp / "members" / f"prompt_{k:02d}")
     extra = {f"prompt.{k}": v for k, v in state.items()}
     if head is not None:
         extra.update({f"head.{k}": v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()})

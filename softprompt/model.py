@@ -295,7 +295,7 @@ class SoftPromptModel(nn.Module):
         module = self.base.base_model if body else self.base  # the body: hidden states, no LM head
         if self.execution_mode() == "shared_prefix":  # each prompt runs once; only the L tokens run per row
             index = self.prompt.row_index(prompt_index, input_ids, attention_mask, self.input_table)  # None: one prompt
-            tokens = self.prompt.token_embeds(input_ids, attention_mask, self.input_table)  # (B, L, D)
+            tokens = self.prompt.token_embeds(input_ids, attention_mask, self.input_table, index)  # (B, L, D)
             kv = self._prompt_kv.get(self.base, self.prompt, tokens.dtype)
             out = shared_prefix.forward(module, kv, tokens, attention_mask, index, **kwargs)
         else:
@@ -386,18 +386,18 @@ class SoftPromptModel(nn.Module):
         if prompt_index is None and self.selector is not None:
             prompt_index = self.select(input_ids, attention_mask)  # (B,): from the input, as forward chooses
         kwargs = self._generate_kwargs(generate_kwargs, input_ids.shape[1])
+        index = self.prompt.row_index(prompt_index, input_ids, attention_mask, self.input_table)  # (B,) or None
         if (self.kind == "causal" and self.execution_mode() == "shared_prefix" and not self._gap_blocks_cache(attention_mask)
                 and not shared_prefix.candidate_decoding(kwargs, self.base.generation_config)):
             # [prompt; pads; tokens]: the prompt's cache is computed once and shared by every call and row
             input_ids, attention_mask = left_align(input_ids, attention_mask, mask=attention_mask)
             embeds, mask = self.prompt(input_ids, attention_mask, self.input_table, prompt_index)  # (B, p+L, D)
             kv = self._prompt_kv.get(self.base, self.prompt, embeds.dtype)
-            index = self.prompt.row_index(prompt_index, input_ids, attention_mask, self.input_table)
             prepared = shared_prefix.generation_inputs(kv, embeds, mask, kwargs, self.base.generation_config, index)
         else:
             embeds, mask = self.prompted_inputs(input_ids, attention_mask, prompt_index)
             prepared = {"inputs_embeds": embeds, "attention_mask": mask}
-        with self._offset_new_tokens(attention_mask):
+        with self._offset_new_tokens(attention_mask, index):
             out = self.base.generate(**prepared, **kwargs)
         if isinstance(inputs, torch.Tensor):
             return out
@@ -452,7 +452,7 @@ class SoftPromptModel(nn.Module):
         return reason is not None
 
     @contextlib.contextmanager
-    def _offset_new_tokens(self, attention_mask: torch.Tensor):
+    def _offset_new_tokens(self, attention_mask: torch.Tensor, index: torch.Tensor | None = None):
         """While `generate` runs, add the token offset (e.g. DePT's) to the tokens it generates, as training
         adds it to every real token a row holds: generated token j of a row with n source tokens takes the
         row the offset gives real token n + j. `generate` embeds new ids through the base's own table, so a
@@ -461,7 +461,8 @@ class SoftPromptModel(nn.Module):
         The row count comes from the attention mask `generate` passes to each forward (a pre-hook keeps it):
         the prompt's p columns are a row's first p real columns in both layouts, so the real columns after
         them are the tokens. Reading it each step (rather than counting calls) stays right when candidate
-        decoding (assistants, prompt lookup) proposes tokens and then rejects some."""
+        decoding (assistants, prompt lookup) proposes tokens and then rejects some. `index`: each row's prompt
+        of a bank whose members have offsets of their own."""
         if not self.prompt.offsets_tokens or self.kind != "causal":
             yield
             return
@@ -478,11 +479,11 @@ class SoftPromptModel(nn.Module):
                                       "to the model; this generation mode passes none")
             mask = mask.long()  # (B', T): [pads;] prompt, tokens, generated so far (the last k columns: these)
             tokens = mask * (mask.cumsum(1) > p)  # real columns after the row's first p (the prompt's)
-            offset = self.prompt.generation_offset(tokens)
+            offset = self.prompt.generation_offset(tokens, index)  # index: each row's prompt (a bank)
             if offset is None:
                 return out
-            rows, index = offset
-            return apply_offset(out, rows, index[:, -out.shape[1]:])  # (B', k, D)
+            rows, position = offset
+            return apply_offset(out, rows, position[:, -out.shape[1]:])  # (B', k, D)
 
         pre = self.base.register_forward_pre_hook(keep_mask, with_kwargs=True)
         post = self.input_table.register_forward_hook(add_offset)

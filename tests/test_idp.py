@@ -300,14 +300,17 @@ def test_selections_survive_save_and_reload(tmp_path, selector):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("selector, train_with", [("attention", "self"), ("key", "self"), ("attention", "oracle")])
-def test_a_bank_trains_through_the_loop_and_reloads_with_its_selections(tmp_path, saved_model, selector, train_with):
+@pytest.mark.parametrize("selector, train_with, entry", [("attention", "self", "plain"), ("key", "self", "dept"),
+                                                     ("attention", "oracle", "plain")])
+def test_a_bank_trains_through_the_loop_and_reloads_with_its_selections(tmp_path, saved_model, selector, train_with,
+                                                                        entry):
     from softprompt.train import train
 
     data = write_task(tmp_path / "data")
     cfg = load_config(None, overrides(saved_model(), data, tmp_path / "out", **{
         "method": "null", "prompt.type": "bank", "prompt.num_prompts": 3, "objective.type": "lm",
-        "selector.type": selector, "selector.train_with": train_with, "train.max_steps": 6}))
+        "selector.type": selector, "selector.train_with": train_with, "train.max_steps": 6, "prompt.entry": entry,
+        "prompt.max_length": 256}))
     result = train(cfg)
     model = SoftPromptModel.from_adapter(result.adapter_dir).eval()
     assert type(model.selector) is type(result.model.selector)
@@ -342,7 +345,7 @@ def test_key_selector_state_resumes_exactly(tmp_path, saved_model):
 
 
 def test_each_bank_member_exports_as_a_peft_adapter(saved_model, tokenizer, tmp_path):
-    """Real PEFT loads bank/prompt_KK/ on the base and reproduces our logits with prompt K for every row."""
+    """Real PEFT loads members/prompt_KK/ on the base and reproduces our logits with prompt K for every row."""
     import peft
     from transformers import AutoModelForCausalLM
 
@@ -353,10 +356,92 @@ def test_each_bank_member_exports_as_a_peft_adapter(saved_model, tokenizer, tmp_
     assert not (out / "adapter_config.json").exists()  # no PEFT form for the bank itself
     ids = torch.tensor([tokenizer("the cat sat on the mat")["input_ids"]])
     for k in range(K):
-        member = out / "bank" / f"prompt_{k:02d}"
+        member = out / "members" / f"prompt_{k:02d}"
         assert json.loads((member / "adapter_config.json").read_text())["num_virtual_tokens"] == P
         pm = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), str(member)).eval()
         with torch.no_grad():
             theirs = pm(input_ids=ids).logits[:, P:]  # PEFT returns the virtual positions too
             mine = model.eval()(ids, prompt_index=torch.tensor([k])).logits
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# DePT entries: each member with its own token offset
+
+
+def dept_bank_model(execution: str, k: int = K, seed: int = 0):
+    from softprompt.layers.dept import DeptOffset
+
+    base = build_model("llama", VOCAB)
+    g = torch.Generator().manual_seed(seed)
+    offsets = [DeptOffset(12, 2, 32, padding_side="left", generator=g) for _ in range(k)]
+    with torch.no_grad():
+        for o in offsets:
+            o.B.copy_(torch.randn(2, 32, generator=g) * 0.3)  # a trained-like offset (B starts at zero)
+    bank = PromptBank(bank_of(base, k).prompt_table(torch.float32), offsets=offsets)
+    return SoftPromptModel(base, bank, kind="causal", execution=execution).eval()
+
+
+def member_alone(model: SoftPromptModel, k: int) -> SoftPromptModel:
+    """Bank member k as a single DePT prompt (prompt + its own offset), on concatenation."""
+    return SoftPromptModel(model.base, PromptEmbedding(model.prompt.prompt_table(torch.float32)[k].detach(),
+                                                       offset=model.prompt.offsets[k]), kind="causal", execution="concat")
+
+
+@pytest.mark.parametrize("execution", ["concat", "shared_prefix"])
+def test_dept_entries_mixed_batch_equals_each_member_alone(execution):
+    model = dept_bank_model(execution)
+    ids, mask = batch()
+    index = torch.tensor([2, 0, 1, 2])
+    logits = model(ids, mask, prompt_index=index).logits
+    for b in range(4):
+        real = mask[b].bool()
+        own = member_alone(model, int(index[b]))(ids[b:b + 1, real]).logits[0]
+        torch.testing.assert_close(logits[b, real], own, rtol=1e-4, atol=1e-5)
+    plain = SoftPromptModel(model.base, PromptBank(model.prompt.prompt_table(torch.float32)), kind="causal")
+    assert not torch.allclose(plain(ids, mask, prompt_index=index).logits, logits, atol=1e-3)  # the offsets matter
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_dept_entries_generate_offsets_new_tokens_per_row(num_beams):
+    model = dept_bank_model("shared_prefix")
+    ids, mask = batch()
+    index = torch.tensor([1, 0, 2, 1])
+    kwargs = {"max_new_tokens": 4, "pad_token_id": 0, "eos_token_id": None, "num_beams": num_beams}
+    out = model.generate(ids, mask, prompt_index=index, **kwargs)
+    model.execution = "concat"
+    assert torch.equal(model.generate(ids, mask, prompt_index=index, **kwargs), out)
+    for b in range(4):
+        real = mask[b].bool()
+        own = member_alone(model, int(index[b])).generate(ids[b:b + 1, real], **kwargs)
+        assert torch.equal(out[b], own[0])
+
+
+def test_dept_entries_from_a_recipe_round_trip_through_an_adapter(tmp_path):
+    cfg = load_config(None, ["method=null", "prompt.type=bank", "prompt.entry=dept", "prompt.num_prompts=2",
+                             "prompt.rank=3", "prompt.max_length=16", "prompt.offset_lr=0.002", "data.max_length=16",
+                             "data.max_target_length=4", "objective.type=lm", "selector.type=key"])
+    from softprompt.build import build_model as build_from_config
+    from softprompt.build import param_groups
+
+    base = build_model("llama", VOCAB)
+    model = build_from_config(cfg, base, None, "causal").eval()
+    assert [g["name"] for g in param_groups(cfg, model)] == ["prompt", "offset"]
+    assert param_groups(cfg, model)[1]["lr"] == 0.002 and len(model.prompt.offsets) == 2
+    with torch.no_grad():
+        for o in model.prompt.offsets:
+            o.B.normal_()
+    ids, mask = batch()
+    back = SoftPromptModel.from_adapter(model.save_adapter(tmp_path / "a"), base=base).eval()
+    assert not (tmp_path / "a" / "members").exists()  # PEFT would drop each member's offset: no member dirs
+    torch.testing.assert_close(back(ids, mask).logits, model(ids, mask).logits, rtol=0, atol=0)
+    assert torch.equal(back.select(ids, mask), model.select(ids, mask))
+
+
+def test_dept_entries_need_each_rows_prompt_and_a_known_entry():
+    model = dept_bank_model("shared_prefix")
+    ids, mask = batch()
+    with pytest.raises(SoftPromptError, match="prompt_index"):
+        model(ids, mask)
+    with pytest.raises(ConfigError, match=r"prompt.entry: 'lora' is not valid"):
+        load_config(None, ["method=idp", "prompt.entry=lora"])

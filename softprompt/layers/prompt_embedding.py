@@ -85,9 +85,11 @@ class PromptEmbedding(nn.Module):
     def offsets_tokens(self) -> bool:
         return self.offset is not None
 
-    def generation_offset(self, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def generation_offset(self, token_mask: torch.Tensor, index: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(rows (s, D), index (B, T)) to add to the tokens `generate` produces, given which columns of the
-        growing sequence are real tokens after the prompt; None when nothing is added."""
+        growing sequence are real tokens after the prompt; None when nothing is added. `index`, the rows'
+        prompt numbers, is for per-row sources (one prompt here)."""
         if self.offset is None or not hasattr(self.offset, "generation_index"):
             return None
         index = self.offset.generation_index(token_mask)
@@ -137,8 +139,9 @@ class PromptEmbedding(nn.Module):
         return files, meta
 
     def token_embeds(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module, index: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """Token embeddings (B, L, D), with the offset where there is one (`index`: per-row sources only)."""
         if fused.enabled(self.kernel, table, self.prompt.device):
             rows, index = self._offset_parts(attention_mask)
             return fused.token_embeds(table.weight, input_ids, rows, index)  # (B, L, D)

@@ -115,7 +115,8 @@ class AttentionSelector(nn.Module):
         bank, base = model.prompt, model.base
         last = int(context.long().cumsum(dim=1).argmax(dim=1).max()) + 1  # columns up to the last context token
         ids, context = input_ids[:, :last], context[:, :last].long()  # (B, L')
-        tokens = bank.token_embeds(ids, context, model.input_table)  # (B, L', D)
+        # the tokens without any member's DePT offset: an offset belongs to the row once it runs with its member
+        tokens = model.input_table(ids)  # (B, L', D)
         kv = model._prompt_kv.get(base, bank, tokens.dtype)  # per layer (K, heads, p, hd), cached
         k, p = bank.num_prompts, bank.num_virtual_tokens
         layers = set(pick(self.layers, len(kv), "layers"))

@@ -360,14 +360,18 @@ def cmd_perplexity(args) -> int:
     """Perplexity (and task accuracy) of every base with and without every prompt, on identical tokens."""
     from softprompt import recovery_report as report
 
-    cells = report.run(report.parse_named(args.base, "base"), report.parse_named(args.prompt, "prompt"),
+    prompts = report.parse_named(args.prompt, "prompt")
+    unscored = report.selection_read(prompts)  # a bank's selector reads each block's first tokens
+    cells = report.run(report.parse_named(args.base, "base"), prompts,
                        report.parse_named(args.text, "text"), split=args.split, text_field=args.text_field,
                        block_size=args.block_size, max_blocks=args.max_blocks, batch_size=args.batch_size,
                        task=args.task, task_split=args.task_split, max_task_rows=args.max_task_rows,
                        reference=args.reference)
     protocol = (f"Protocol: split `{args.split}` of each text cut into {args.block_size}-token blocks (the tail "
-                f"dropped{f', the first {args.max_blocks} blocks' if args.max_blocks else ''}); tokens 2..{args.block_size} "
-                "of every block scored, the prompt prepended to every block; the same tokens for every cell. "
+                f"dropped{f', the first {args.max_blocks} blocks' if args.max_blocks else ''}); tokens "
+                f"{max(unscored, 1) + 1}..{args.block_size} of every block scored"
+                f"{f' (tokens 1..{unscored} are what a prompt bank reads to choose its prompt)' if unscored else ''}, "
+                "the prompt prepended to every block; the same tokens for every cell. "
                 f"Reference for the gap: `{args.reference or args.base[0].partition('=')[0]}`.")
     files = report.write(cells, Path(args.out), protocol) if args.out else []
     print(report.markdown(cells, protocol))

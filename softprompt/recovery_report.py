@@ -7,7 +7,8 @@ comparison as markdown, CSV and plots (research/methods.md §4.3-4.4).
 
 Protocol (stated in every report): each text's split is cut into `block_size`-token blocks by
 `objectives.recover.split_blocks`, exactly as recovery training cuts them; every cell scores tokens 2..L of
-every block (the first token has no context without a prompt), the prompt prepended to every block; all
+every block (the first token has no context without a prompt; with a prompt bank whose selector reads a
+block's first c tokens, every cell scores tokens c+1..L instead), the prompt prepended to every block; all
 bases must tokenize the text identically, else the report refuses. "Gap closed" for base b and prompt q is
 (NLL(b) - NLL(b + q)) / (NLL(b) - NLL(reference)): 1 means the prompt brings b to the reference's
 perplexity, 0 means no change. Task accuracy is exact match of greedy continuations (up to 8 new tokens)
@@ -71,7 +72,8 @@ def run(bases: dict[str, str], prompts: dict[str, str], texts: dict[str, str], s
         text_field: str = "text", block_size: int = 1024, max_blocks: int | None = None, batch_size: int = 8,
         task: str | None = None, task_split: str = "test", max_task_rows: int | None = None,
         reference: str | None = None) -> list[Cell]:
-    """Every (text, base, prompt) cell, `NO_PROMPT` first in each base. Bases load one at a time."""
+    """Every (text, base, prompt) cell, `NO_PROMPT` first in each base. Bases load one at a time. Each block's
+    first `selection_read(prompts)` tokens are not scored in any cell."""
     from softprompt.adapter import read
     from softprompt.data.loading import load_split
 
@@ -85,6 +87,7 @@ def run(bases: dict[str, str], prompts: dict[str, str], texts: dict[str, str], s
     specs = {name: base_spec(value) for name, value in bases.items()}
     for name, path in prompts.items():
         read(path)  # every adapter checked before any model loads
+    unscored = selection_read(prompts)
     rows = {name: load_split(path, split) for name, path in texts.items()}
     task_rows = load_task(task, task_split, max_task_rows) if task else None
     cells, blocks_seen = [], {}
@@ -101,7 +104,7 @@ def run(bases: dict[str, str], prompts: dict[str, str], texts: dict[str, str], s
             model = None if prompt_name == NO_PROMPT else prompted(prompts[prompt_name], base, tokenizer)
             accuracy = task_accuracy(model, base, tokenizer, task_rows, batch_size) if task_rows else None
             for text_name, text_blocks in blocks.items():
-                result = score(model, base, text_blocks, batch_size, device)
+                result = score(model, base, text_blocks, batch_size, device, unscored)
                 cells.append(Cell(text_name, base_name, prompt_name, result["tokens"], result["nll"], result["ppl"],
                                   accuracy=accuracy))
         del base
@@ -122,12 +125,30 @@ def prompted(adapter_dir: str, base, tokenizer):
     return SoftPromptModel.from_adapter(adapter_dir, base=base, tokenizer=tokenizer).eval()
 
 
-def score(model, base, blocks: list[dict], batch_size: int, device) -> dict:
+def selection_read(prompts: dict[str, str]) -> int:
+    """The most leading tokens of a block any prompt's selector reads to choose (0: no bank among them). A
+    selector that reads the whole block is refused: no token would be left that its choice has not seen."""
+    from softprompt.adapter import read
+
+    most = 0
+    for name, path in prompts.items():
+        selector = read(path).meta.get("selector")
+        if selector is None:
+            continue
+        if not selector.get("context_tokens"):
+            raise SoftPromptError(f"perplexity: prompt {name!r} is a bank whose selector reads whole blocks, so it would "
+                                  "choose with the tokens it is scored on; train it with selector.context_tokens set")
+        most = max(most, int(selector["context_tokens"]))
+    return most
+
+
+def score(model, base, blocks: list[dict], batch_size: int, device, read: int = 0) -> dict:
     from softprompt.objectives.recover import perplexity
 
     if model is None:
-        return perplexity(lambda ids, mask: base(input_ids=ids, attention_mask=mask).logits, blocks, batch_size, device)
-    return perplexity(lambda ids, mask: model(ids, mask, right_padded=True).logits, blocks, batch_size, device)
+        return perplexity(lambda ids, mask: base(input_ids=ids, attention_mask=mask).logits, blocks, batch_size, device,
+                          read)
+    return perplexity(lambda ids, mask: model(ids, mask, right_padded=True).logits, blocks, batch_size, device, read)
 
 
 def load_task(path: str, split: str, max_rows: int | None) -> list[dict]:

@@ -270,6 +270,8 @@ def test_generate_selects_from_the_input(tokenizer):
     (["method=idp", "selector.context_tokens=0"], r"selector.context_tokens: must be a positive integer"),
     (["method=idp", "selector.layers=[1, 1]"], r"selector.layers: \[1, 1\] names one twice"),
     (["method=dept", "selector.type=key"], r"selector: method 'dept' has no selector"),
+    (["method=idp"], r"selector.context_tokens: every token of a block is a target of the recover objective"),
+    (["method=idp", "selector.context_tokens=64", "objective.block_size=64"], r"set selector.context_tokens below"),
 ])
 def test_selector_config_errors(items, message):
     with pytest.raises(ConfigError, match=message):
@@ -277,7 +279,7 @@ def test_selector_config_errors(items, message):
 
 
 def test_idp_preset_and_a_bank_with_a_key_selector_resolve():
-    cfg = load_config(None, ["method=idp"])
+    cfg = load_config(None, ["method=idp", "selector.context_tokens=32"])
     assert (cfg.prompt.type, cfg.objective.type, cfg.selector.type) == ("bank", "recover", "attention")
     cfg = load_config(None, ["method=null", "prompt.type=bank", "objective.type=lm", "selector.type=key"])
     assert cfg.method.name is None and cfg.selector.type == "key"
@@ -445,3 +447,48 @@ def test_dept_entries_need_each_rows_prompt_and_a_known_entry():
         model(ids, mask)
     with pytest.raises(ConfigError, match=r"prompt.entry: 'lora' is not valid"):
         load_config(None, ["method=idp", "prompt.entry=lora"])
+
+
+def test_recover_evaluation_scores_only_the_tokens_selection_did_not_read(tmp_path, capsys):
+    """eval_loss of a bank whose selector reads c tokens is the NLL of tokens c+1..L, computed here from the
+    logits of each block run alone with its chosen prompt; `softprompt perplexity` scores the same tokens in
+    every cell and says so, and refuses a bank whose selector reads whole blocks."""
+    from softprompt.cli import main
+    from softprompt.objectives.recover import Recover, RecoverConfig
+
+    base = build_model("llama", VOCAB)
+    c = 3
+    model = SoftPromptModel(base, bank_of(base), kind="causal", selector=AttentionSelector(context_tokens=c)).eval()
+    blocks = [{"input_ids": torch.randint(3, VOCAB, (8,), generator=torch.Generator().manual_seed(i)).tolist()}
+              for i in range(5)]
+    metrics = Recover(RecoverConfig(block_size=8)).evaluate(model, blocks, batch_size=2)
+    total = 0.0
+    for block in blocks:
+        ids = torch.tensor([block["input_ids"]])
+        k = model.select(ids)
+        alone = SoftPromptModel(base, PromptEmbedding(model.prompt.prompt_table(torch.float32)[k[0]]), kind="causal")
+        logits = alone(ids).logits[0]  # (8, V)
+        total += F.cross_entropy(logits[c - 1:-1], ids[0, c:], reduction="sum").item()
+    assert metrics["eval_loss"] == pytest.approx(total / (5 * (8 - c)), rel=1e-5)
+
+    whole = SoftPromptModel(base, bank_of(base), kind="causal", selector=AttentionSelector())
+    assert main(["perplexity", "--base", "x=demo", "--prompt", f"b={whole.save_adapter(tmp_path / 'whole')}",
+                 "--text", "demo-text", "--block-size", "16", "--max-blocks", "2"]) == 2
+    assert "selector reads whole blocks" in capsys.readouterr().err
+
+
+def test_perplexity_report_states_and_scores_the_tokens_after_the_selection_context(tmp_path, capsys):
+    from softprompt.cli import main
+    from softprompt.loading import ModelConfig, load_base
+
+    base, tokenizer, _ = load_base(ModelConfig(name_or_path="demo"))
+    rows = torch.randint(3, base.config.vocab_size, (K, P), generator=torch.Generator().manual_seed(1))
+    bank = PromptBank(base.get_input_embeddings().weight.detach()[rows])
+    model = SoftPromptModel(base, bank, tokenizer, "causal", base_config="demo", selector=AttentionSelector(context_tokens=4))
+    adapter = model.save_adapter(tmp_path / "bank")
+    assert main(["perplexity", "--base", "demo=demo", "--prompt", f"bank={adapter}", "--text", "demo-text",
+                 "--block-size", "16", "--max-blocks", "3", "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "tokens 5..16 of every block scored (tokens 1..4 are what a prompt bank reads" in out
+    rows = (tmp_path / "report" / "perplexity.csv").read_text().splitlines()
+    assert all(",36," in line for line in rows[1:]), rows  # 3 blocks x 12 tokens in every cell

@@ -12,7 +12,9 @@ batch (`SoftPromptModel.execution_mode`).
 Which tokens are scored (the same for the loss, eval and `perplexity`, with or without a prompt): tokens
 2..L of every block, each predicted from the tokens before it in the block. The first token is never
 scored: a prompt could predict it from its last position, a model without a prompt cannot, and the token
-sets must be identical to compare perplexities. The paper's loss sums over a block's tokens; ours is the
+sets must be identical to compare perplexities. A bank whose selector reads a block's first c tokens to choose
+its prompt (selectors/: `context_tokens`) is evaluated on tokens c+1..L only, so no choice has seen the tokens it
+is scored on (its training loss still covers tokens 2..L: training is not a measurement). The paper's loss sums over a block's tokens; ours is the
 per-token mean (the loop normalises by scored tokens), so grad-clip 1.0 is not always active
 (methods.md §4.5).
 
@@ -70,7 +72,13 @@ class RecoverConfig:
 
 def check(cfg: RecoverConfig, full) -> None:
     """Cross-section checks: blocks come from whole splits, so the eval rows cannot be carved from train rows
-    (their blocks would straddle rows of both)."""
+    (their blocks would straddle rows of both); a selector must leave tokens of every block unread to score."""
+    context = getattr(full.selector, "context_tokens", 0) if full.selector is not None else 0
+    if context is None or context >= cfg.block_size:
+        raise ConfigError(f"selector.context_tokens: every token of a block is a target of the recover objective, so a "
+                          f"selector reading {'all of them' if context is None else context} would choose with the tokens "
+                          f"it is scored on; set selector.context_tokens below objective.block_size={cfg.block_size} "
+                          "(e.g. 32): evaluation then scores the tokens after them")
     if full.data.validation_fraction:
         raise ConfigError("data.validation_fraction: the recover objective cuts each split's text into blocks; give a "
                           "validation split of its own (data.eval_split) instead of carving one")
@@ -124,14 +132,22 @@ def collate_blocks(items: list[dict]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
+def selection_reads(model) -> int:
+    """How many leading tokens of a block a model's prompt choice reads (its selector's context), 0 without one."""
+    selector = getattr(model, "selector", None)
+    return 0 if selector is None else int(selector.context_tokens or 0)
+
+
 @torch.no_grad()
-def perplexity(logits_fn, items: list[dict], batch_size: int, device) -> dict[str, float]:
+def perplexity(logits_fn, items: list[dict], batch_size: int, device, read: int = 0) -> dict[str, float]:
     """Token-weighted NLL and perplexity of `logits_fn(input_ids, attention_mask) -> (B, L, V)` over the blocks
-    `items`, scoring tokens 2..L of each block (the protocol of the module docstring), with their count."""
+    `items`, scoring tokens 2..L of each block (the protocol of the module docstring), with their count; tokens
+    1..`read` (what a selector read to choose the prompt) are not scored either."""
     total, count = 0.0, 0
     for start in range(0, len(items), batch_size):
         batch = {k: v.to(device) for k, v in collate_blocks(items[start:start + batch_size]).items()}
-        targets = scored_targets(batch["labels"], "causal", batch["attention_mask"])  # (B, L)
+        targets = scored_targets(batch["labels"], "causal", batch["attention_mask"])  # (B, L): [t] is token t+2
+        targets[:, :max(read - 1, 0)] = -100  # tokens 1..read: seen by the choice
         logits = logits_fn(batch["input_ids"], batch["attention_mask"])  # (B, L, V)
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum").item()
         count += int((targets != -100).sum())
@@ -239,7 +255,7 @@ class Recover:
         model.eval()
         try:
             logits = lambda ids, mask: model(ids, mask, right_padded=True).logits  # noqa: E731
-            result = perplexity(logits, items, batch_size, model.device)
+            result = perplexity(logits, items, batch_size, model.device, read=selection_reads(model))
             metrics = {"eval_loss": result["nll"], "eval_ppl": result["ppl"]}
             if self.teacher is not None:
                 metrics["eval_kd"] = self.eval_kd(model, items, batch_size)
@@ -254,6 +270,7 @@ class Recover:
         for start in range(0, len(items), batch_size):
             batch = {k: v.to(model.device) for k, v in collate_blocks(items[start:start + batch_size]).items()}
             scored = scored_targets(batch["labels"], "causal", batch["attention_mask"]) != -100
+            scored[:, :max(selection_reads(model) - 1, 0)] = False  # what a selector read (see `perplexity`)
             logits = model(batch["input_ids"], batch["attention_mask"], right_padded=True).logits
             total += float(self.distill(logits, batch, scored))
             count += int(scored.sum())

@@ -492,3 +492,36 @@ def test_perplexity_report_states_and_scores_the_tokens_after_the_selection_cont
     assert "tokens 5..16 of every block scored (tokens 1..4 are what a prompt bank reads" in out
     rows = (tmp_path / "report" / "perplexity.csv").read_text().splitlines()
     assert all(",36," in line for line in rows[1:]), rows  # 3 blocks x 12 tokens in every cell
+
+
+@pytest.mark.parametrize("family, kind", [("t5", "seq2seq"), ("bert", "encoder"), ("roberta", "encoder")])
+def test_key_selector_on_seq2seq_and_encoders_equals_each_row_alone(family, kind):
+    base = build_model(family, VOCAB)
+    d = base.get_input_embeddings().weight.shape[1]
+    keys = torch.randn(K, d, generator=torch.Generator().manual_seed(3))
+    model = SoftPromptModel(base, bank_of(base), kind=kind, selector=KeySelector(keys)).eval()
+    ids, mask = batch()
+    ids = ids.clamp(min=3) * mask  # no special ids inside real tokens
+    chosen = model.select(ids, mask)
+    hidden = model.hidden_states(ids, mask).hidden_states  # (B, L, D)
+    assert len(set(chosen.tolist())) > 1
+    for b in range(4):
+        real = mask[b].bool()
+        alone = SoftPromptModel(base, PromptEmbedding(model.prompt.prompt_table(torch.float32)[chosen[b]]), kind=kind)
+        torch.testing.assert_close(hidden[b, real], alone.hidden_states(ids[b:b + 1, real]).hidden_states[0],
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_oracle_on_seq2seq_scores_the_decoder_labels():
+    base = build_model("t5", VOCAB)
+    model = SoftPromptModel(base, bank_of(base), kind="seq2seq", selector=OracleSelector()).eval()
+    ids, mask = batch()
+    labels = torch.randint(3, VOCAB, (4, 3), generator=torch.Generator().manual_seed(8))
+    chosen = model.select(ids, mask, labels)
+    for b in range(4):
+        real = mask[b].bool()
+        losses = [SoftPromptModel(base, PromptEmbedding(model.prompt.prompt_table(torch.float32)[j]), kind="seq2seq")(
+            ids[b:b + 1, real], labels=labels[b:b + 1]).loss.item() for j in range(K)]
+        assert chosen[b] == min(range(K), key=losses.__getitem__)
+    with pytest.raises(SoftPromptError, match="selector oracle: a seq2seq or encoder row has no targets"):
+        model.select(ids, mask)

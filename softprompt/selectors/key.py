@@ -44,6 +44,11 @@ class KeySelector(nn.Module):
         k = self.keys.shape[0]
         sums = torch.zeros_like(self.keys).index_add_(0, index, rows)  # (K, D)
         n = torch.bincount(index, minlength=k).float()  # (K,)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every process moves the keys by the whole global batch, so they stay equal across processes and
+            # equal to one process on that batch (the update depends only on these sums)
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(n)
         self.counts += n
         seen = n > 0
         self.keys[seen] += (sums[seen] - n[seen, None] * self.keys[seen]) / self.counts[seen, None]

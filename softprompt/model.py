@@ -193,7 +193,7 @@ class SoftPromptModel(nn.Module):
     def learned_buffers(self) -> dict[str, torch.Tensor]:
         """State learned without gradients (a key selector's centroids), by name: checkpoints keep it with the
         trainable parameters."""
-        return dict(self.named_buffers(prefix="selector")) if self.selector is not None else {}
+        return dict(self.selector.named_buffers(prefix="selector")) if self.selector is not None else {}
 
     @property
     def input_table(self) -> nn.Module:

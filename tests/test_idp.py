@@ -344,6 +344,15 @@ def test_key_selector_state_resumes_exactly(tmp_path, saved_model):
     for name, value in whole.model.learned_buffers().items():
         assert torch.equal(resumed.model.learned_buffers()[name], value), name
     assert torch.equal(whole.model.prompt.prompt_table(torch.float32), resumed.model.prompt.prompt_table(torch.float32))
+    # a checkpoint exported as an adapter keeps its step's keys, not the fresh ones the recipe would build
+    from safetensors.torch import load_file
+
+    from softprompt.export import export_checkpoint
+
+    step3 = load_file(str(tmp_path / "b" / "t" / "step_000003" / "trainable.safetensors"))
+    exported = SoftPromptModel.from_adapter(export_checkpoint(tmp_path / "b" / "t" / "step_000003", tmp_path / "x"))
+    assert step3["selector.counts"].sum() == 3 * 4
+    torch.testing.assert_close(exported.learned_buffers(), {k: v for k, v in step3.items() if k.startswith("selector.")})
 
 
 def test_each_bank_member_exports_as_a_peft_adapter(saved_model, tokenizer, tmp_path):

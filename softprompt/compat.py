@@ -9,6 +9,12 @@ from a parameter name in `inspect.signature` alone, which a renaming decorator c
   there, deprecated, and is announced for removal in 5.40; this module makes that removal harmless (pyproject.toml caps
   transformers below 6, where generate's deprecated spellings go too).
   `CACHE_ARG` is the spelling this transformers' own outputs use.
+- Reading attention probabilities from chosen layers (the attention selector): every supported
+  transformers (5.0 to 5.24) dispatches attention through `AttentionInterface` by
+  `config._attn_implementation` and builds masks through `AttentionMaskInterface`; `attention_capture`
+  registers one function under its own name in both. Whether a model dispatches that way is checked by
+  behaviour (the hook must run once per layer), and a test compares it with eager attention's maps on the
+  lowest and the newest versions.
 """
 
 from __future__ import annotations

@@ -164,10 +164,24 @@ def attention_capture(base: nn.Module, hook):
 
     AttentionInterface.register(CAPTURE, _capturing_attention)
     AttentionMaskInterface.register(CAPTURE, sdpa_mask)
-    before, _capture_hook = base.config._attn_implementation, hook
+    configs = _config_tree(base.config)
+    # each config's own choice, restored one by one: the setter would give every sub-config the top one
+    before = [(c, c._attn_implementation) for c in configs]
+    previous, _capture_hook = _capture_hook, hook  # a capture opened inside another gives the outer one back
     base.config._attn_implementation = CAPTURE
     try:
         yield
     finally:
-        base.config._attn_implementation = before
-        _capture_hook = None
+        for config, value in before:
+            config._attn_implementation_internal = value
+        _capture_hook = previous
+
+
+def _config_tree(config) -> list:
+    """A config and its sub-configs (e.g. a multimodal model's text and vision configs), recursively."""
+    found = [config]
+    for key in getattr(config, "sub_configs", None) or ():
+        sub = getattr(config, key, None)
+        if sub is not None and hasattr(sub, "_attn_implementation"):
+            found += _config_tree(sub)
+    return found

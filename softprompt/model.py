@@ -32,7 +32,6 @@ from softprompt.errors import SoftPromptError
 from softprompt.layers import apply_offset
 from softprompt.loading import ModelConfig, detect_kind, load_base
 from softprompt.objectives.lm import token_loss
-from softprompt.selectors.oracle import OracleSelector
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +121,8 @@ class SoftPromptModel(nn.Module):
         if selector is not None and getattr(prompt, "num_prompts", None) is None:
             raise SoftPromptError(f"selector: picks a prompt of a bank per row, and {type(prompt).__name__} holds one "
                                   "prompt for every row; use a PromptBank, or no selector")
+        if selector is not None and hasattr(selector, "check_source"):
+            selector.check_source(prompt)  # e.g. one key per prompt
         base.requires_grad_(False)
         self.base = base
         self.prompt = prompt  # a prompt source (layers/source.py): plain, DePT, bank
@@ -263,7 +264,7 @@ class SoftPromptModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         context = selectors.context_mask(attention_mask, labels, self.kind, self.selector.context_tokens)  # (B, L)
         training = self.training
-        chooser = OracleSelector() if training and self.selector.train_with == "oracle" else self.selector
+        chooser = selectors.chooser(self.selector, training)
         with torch.no_grad(), shared_prefix.eval_mode(self):
             index = chooser.scores(self, input_ids, attention_mask, context, labels).argmax(dim=-1)  # (B,)
         if training:

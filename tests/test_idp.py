@@ -41,7 +41,7 @@ def model_with(family: str, selector, execution: str = "auto", seed: int = 1, k:
     return SoftPromptModel(base, bank_of(base, k, seed=seed), kind="causal", execution=execution, selector=selector).eval()
 
 
-def eager_mass(model: SoftPromptModel, ids, context, layers=None) -> torch.Tensor:
+def eager_mass(model: SoftPromptModel, ids, context, layers=None, heads=None) -> torch.Tensor:
     """The plain twin of the attention selector: the K prompts and the context tokens concatenated in one
     sequence, a block-diagonal prompt region (no prompt sees another; each restarts at position 0), the
     tokens at positions p, p+1, ..., eager attention with every layer's map returned; the mass each context
@@ -74,6 +74,7 @@ def eager_mass(model: SoftPromptModel, ids, context, layers=None) -> torch.Tenso
     per_layer = []
     for i, a in enumerate(maps):  # (B, H, S, S)
         if layers is None or i in layers:
+            a = a if heads is None else a[:, heads]  # query heads (grouped-query models share keys across them)
             mass = a[:, :, k * p:, :k * p].unflatten(-1, (k, p)).sum(-1).mean(1)  # (B, L, K)
             per_layer.append((mass * weights).sum(1) / weights.sum(1))
     return torch.stack(per_layer).mean(0)  # (B, K)
@@ -84,14 +85,15 @@ def eager_mass(model: SoftPromptModel, ids, context, layers=None) -> torch.Tenso
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma", "gpt2", "gpt_neox", "phi3", "olmo2"])
-@pytest.mark.parametrize("layers, context_tokens", [((), None), ((-1,), 3)])
-def test_attention_scores_equal_eager_attention_maps(family, layers, context_tokens):
-    model = model_with(family, AttentionSelector(layers=layers, context_tokens=context_tokens))
+@pytest.mark.parametrize("layers, heads, context_tokens", [((), (), None), ((-1,), (), 3), ((0,), (1, -1), None)])
+def test_attention_scores_equal_eager_attention_maps(family, layers, heads, context_tokens):
+    model = model_with(family, AttentionSelector(layers=layers, heads=heads, context_tokens=context_tokens))
     ids, mask = batch()
     context = selectors.context_mask(mask, None, "causal", context_tokens)
     fast = model.selector.scores(model, ids, mask, context)
-    n_layers = model.base.config.num_hidden_layers
-    twin = eager_mass(model, ids, context, None if not layers else {l % n_layers for l in layers})
+    n_layers, n_heads = model.base.config.num_hidden_layers, model.base.config.num_attention_heads
+    twin = eager_mass(model, ids, context, None if not layers else {l % n_layers for l in layers},
+                      None if not heads else sorted(h % n_heads for h in heads))
     torch.testing.assert_close(fast, twin, rtol=1e-4, atol=1e-6)
     assert (fast > 0).all() and (fast.sum(-1) < 1).all()  # the tokens attend to themselves too
 
@@ -215,15 +217,23 @@ def test_key_selector_learns_one_key_per_cluster_in_training():
 # What selection reads, and per-row execution with the chosen prompts
 
 
-def test_selection_never_reads_a_text_to_text_target():
-    model = model_with("llama", AttentionSelector())
+@pytest.mark.parametrize("selector", ["attention", "key"])
+def test_selection_never_reads_a_text_to_text_target(selector):
+    key = KeySelector(torch.randn(K, 32, generator=torch.Generator().manual_seed(3)))
+    model = model_with("llama", AttentionSelector() if selector == "attention" else key)
     ids, mask = batch()
     labels = ids.masked_fill(torch.arange(7) < 4, -100).masked_fill(mask == 0, -100)  # targets: the last 3 columns
-    chosen = model.select(ids, mask, labels)
     other = torch.where(labels != -100, (ids + 97) % VOCAB, ids)  # different targets, same sources
-    assert torch.equal(model.select(other, mask, labels), chosen)
-    assert not torch.equal(model.selector.scores(model, ids, mask, selectors.context_mask(mask, None, "causal", None)),
-                           model.selector.scores(model, other, mask, selectors.context_mask(mask, None, "causal", None)))
+    context = selectors.context_mask(mask, labels, "causal", None)
+    assert torch.equal(context, mask.bool() & (labels == -100))
+    assert torch.equal(model.selector.scores(model, ids, mask, context), model.selector.scores(model, other, mask, context))
+    everything = selectors.context_mask(mask, None, "causal", None)  # the same rows read whole: the targets count
+    assert not torch.equal(model.selector.scores(model, ids, mask, everything),
+                           model.selector.scores(model, other, mask, everything))
+    # a row whose every token is a target gives selection nothing of its own to read: an error, or the first tokens
+    with pytest.raises(SoftPromptError, match="set selector.context_tokens"):
+        model.select(ids, mask, ids.masked_fill(mask == 0, -100))
+    assert selectors.context_mask(mask, ids.masked_fill(mask == 0, -100), "causal", 2).sum(1).tolist() == [2, 2, 2, 2]
 
 
 def test_context_tokens_limits_what_selection_reads():
@@ -248,13 +258,24 @@ def test_selected_rows_equal_each_row_alone_with_its_prompt(execution, selector)
         torch.testing.assert_close(logits[b, real], own, rtol=1e-4, atol=1e-5)
 
 
-def test_generate_selects_from_the_input(tokenizer):
-    model = model_with("llama", AttentionSelector())
-    model.tokenizer = tokenizer
-    ids, mask = batch()
-    kwargs = {"max_new_tokens": 3, "pad_token_id": 0, "eos_token_id": None}
-    assert torch.equal(model.generate(ids, mask, **kwargs),
-                       model.generate(ids, mask, prompt_index=model.select(ids, mask), **kwargs))
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_generate_selects_from_the_input_and_equals_each_row_alone(tokenizer, padding_side):
+    base = build_model("llama", len(tokenizer))
+    model = SoftPromptModel(base, bank_of(base), tokenizer, "causal", selector=AttentionSelector()).eval()
+    texts = ["the cat sat on the mat", "a dog", "one two three four five", "hello world"]
+    side, tokenizer.padding_side = tokenizer.padding_side, padding_side
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = side
+    chosen = model.select(enc["input_ids"], enc["attention_mask"])
+    assert len(set(chosen.tolist())) > 1
+    kwargs = {"max_new_tokens": 3, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": None}
+    out = model.generate(enc["input_ids"], enc["attention_mask"], **kwargs)
+    for b, text in enumerate(texts):
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        alone = SoftPromptModel(base, PromptEmbedding(model.prompt.prompt_table(torch.float32)[chosen[b]]), kind="causal")
+        assert torch.equal(out[b], alone.generate(ids, **kwargs)[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -272,6 +293,14 @@ def test_generate_selects_from_the_input(tokenizer):
     (["method=dept", "selector.type=key"], r"selector: method 'dept' has no selector"),
     (["method=idp"], r"selector.context_tokens: every token of a block is a target of the recover objective"),
     (["method=idp", "selector.context_tokens=64", "objective.block_size=64"], r"set selector.context_tokens below"),
+    (["method=null", "prompt.type=bank", "selector.type=oracle", "selector.context_tokens=4"],
+     r"selector.context_tokens: the oracle reads a row's targets"),
+    (["method=null", "prompt.type=bank", "objective.type=recover", "selector.type=oracle"],
+     r"selector.type: oracle chooses each block's prompt by the loss on the very tokens"),
+    (["method=null", "prompt.type=bank", "objective.type=classify", "objective.labels=[a, b]", "head.type=linear",
+      "selector.type=key", "selector.train_with=oracle"], r"selector.train_with: oracle: the oracle picks the prompt"),
+    (["method=idp", "selector.context_tokens=32", "prompt.entry=dept", "objective.block_size=1024"],
+     r"prompt.max_length: DePT's offset covers s=256 tokens but objective.block_size=1024"),
 ])
 def test_selector_config_errors(items, message):
     with pytest.raises(ConfigError, match=message):
@@ -326,7 +355,9 @@ def test_a_bank_trains_through_the_loop_and_reloads_with_its_selections(tmp_path
 
     start = build_from_config(cfg, *load_base(cfg.model)).prompt.prompt_table(torch.float32)
     moved = (model.prompt.prompt_table(torch.float32) - start).abs().amax(dim=(1, 2))  # (K,)
-    assert (moved > 0).any()  # the rows' chosen prompts trained; prompts no row chose stay as they began
+    assert (moved > 0).any()  # the prompts rows chose trained
+    if selector == "key":  # the keys' counts say which prompts rows chose: the others never had a gradient
+        assert torch.equal(moved > 0, model.selector.counts > 0), (moved, model.selector.counts)
     assert result.best["eval_loss"] < result.before["eval_loss"]
 
 
@@ -534,3 +565,27 @@ def test_oracle_on_seq2seq_scores_the_decoder_labels():
         assert chosen[b] == min(range(K), key=losses.__getitem__)
     with pytest.raises(SoftPromptError, match="selector oracle: a seq2seq or encoder row has no targets"):
         model.select(ids, mask)
+
+
+def test_key_selector_refuses_a_key_count_other_than_the_banks_and_survives_a_bf16_cast():
+    base = build_model("llama", VOCAB)
+    with pytest.raises(SoftPromptError, match="selector key: 5 keys of width 32 for a bank of 3 prompts"):
+        SoftPromptModel(base, bank_of(base), kind="causal", selector=KeySelector(torch.randn(5, 32)))
+    model = SoftPromptModel(base, bank_of(base), kind="causal", selector=KeySelector(torch.randn(K, 32))).to(torch.bfloat16)
+    ids, mask = batch()
+    model.train().select(ids, mask)  # scores and the key update in fp32, written back in bf16
+    assert model.selector.keys.dtype == torch.bfloat16 and model.selector.counts.sum() == 4
+
+
+def test_attention_capture_restores_each_config_and_an_outer_hook():
+    from softprompt import compat
+
+    base = build_model("llama", VOCAB)
+    before = base.config._attn_implementation
+    calls = {"outer": 0, "inner": 0}
+    ids = torch.randint(3, VOCAB, (1, 4))
+    with compat.attention_capture(base, lambda *a: calls.__setitem__("outer", calls["outer"] + 1)):
+        with compat.attention_capture(base, lambda *a: calls.__setitem__("inner", calls["inner"] + 1)):
+            base(input_ids=ids)
+        base(input_ids=ids)
+    assert calls == {"outer": 2, "inner": 2} and base.config._attn_implementation == before

@@ -86,8 +86,7 @@ class PromptBank(nn.Module):
 
     def row_index(self, prompt_index: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   table: nn.Module) -> torch.Tensor:
-        """Each row's bank entry (B,): the caller's `prompt_index` (a selector that reads the input, as IDP's,
-        would compute it here from the input instead)."""
+        """Each row's bank entry (B,): the caller's `prompt_index`, or the model's selector's (selectors/)."""
         batch = input_ids.shape[0]
         if prompt_index is None:
             raise SoftPromptError(f"prompt_index: this model has a bank of {self.num_prompts} prompts and each row needs "

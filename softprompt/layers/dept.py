@@ -102,12 +102,15 @@ def restore(description: dict, state: dict[str, torch.Tensor]) -> PromptEmbeddin
 
 
 def check(cfg: DeptConfig, full) -> None:
-    """With overflow=error, every row the data pipeline makes must fit the offset (fail before loading)."""
-    if cfg.overflow == "error" and full.data.max_length > cfg.max_length:
+    """With overflow=error, every row the data pipeline makes must fit the offset (fail before loading). Rows
+    are data.max_length tokens at most, or exactly objective.block_size where the objective cuts blocks."""
+    block = getattr(full.objective, "block_size", None)
+    key, length = ("objective.block_size", block) if block is not None else ("data.max_length", full.data.max_length)
+    if cfg.overflow == "error" and length > cfg.max_length:
+        fix = "(inputs are cut per data.truncation, as the official code cuts to s)" if block is None else "(every block is that long)"
         raise ConfigError(
-            f"prompt.max_length: DePT's offset covers s={cfg.max_length} tokens but data.max_length="
-            f"{full.data.max_length} allows longer rows; set data.max_length <= {cfg.max_length} (inputs are cut "
-            "per data.truncation, as the official code cuts to s), raise prompt.max_length, or set prompt.overflow=truncate"
+            f"prompt.max_length: DePT's offset covers s={cfg.max_length} tokens but {key}={length} makes longer "
+            f"rows; set {key} <= {cfg.max_length} {fix}, raise prompt.max_length, or set prompt.overflow=truncate"
         )
 
 

@@ -37,13 +37,15 @@ class PromptSource(Protocol):
     def prompt_table(self, dtype: torch.dtype) -> torch.Tensor: ...  # (K, p, D): every distinct prompt
 
     # Which row of prompt_table each input row takes, (B,), or None: all take row 0. `prompt_index` is the
-    # caller's choice (a data column); a selector source (IDP) computes it from the input instead.
+    # caller's choice, or the model's selector's (selectors/), which SoftPromptModel computes from the input.
     def row_index(self, prompt_index: torch.Tensor | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   table: nn.Module) -> torch.Tensor | None: ...
 
     def version(self) -> tuple: ...  # changes when the prompt rows may have changed (cache key)
 
-    def token_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module) -> torch.Tensor: ...
+    # (B, L, D); `index` is row_index's result, for sources whose token offsets differ per row (a DePT bank)
+    def token_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module,
+                     index: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, table: nn.Module,
                 prompt_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...  # (B, p+L, D), (B, p+L)
@@ -51,10 +53,14 @@ class PromptSource(Protocol):
     @property
     def offsets_tokens(self) -> bool: ...  # whether tokens get an offset (generation must add it to new tokens)
 
-    def generation_offset(self, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+    def generation_offset(self, token_mask: torch.Tensor, index: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor] | None: ...  # (rows, (B', T) row per token)
 
     def describe(self) -> dict: ...  # {"type": <registry key>, ...}
 
     def peft_view(self) -> tuple[str | None, str | None]: ...  # (state key of PEFT's prompt_embeddings or None, caveat)
+
+    # optional: several prompts that PEFT can hold one by one, (K, p, D), or None (adapter.py writes members/)
+    # def peft_members(self) -> torch.Tensor | None: ...
 
     def serving_view(self, dtype: torch.dtype) -> tuple[dict[str, dict[str, torch.Tensor]], dict]: ...

@@ -73,6 +73,10 @@ class RecoverConfig:
 def check(cfg: RecoverConfig, full) -> None:
     """Cross-section checks: blocks come from whole splits, so the eval rows cannot be carved from train rows
     (their blocks would straddle rows of both); a selector must leave tokens of every block unread to score."""
+    if full.selector is not None and full.selector.type == "oracle":
+        raise ConfigError("selector.type: oracle chooses each block's prompt by the loss on the very tokens it is then "
+                          "scored on, so its perplexity measures nothing; train with selector.type attention or key "
+                          "(selector.train_with: oracle assigns training blocks by loss), and use the oracle for analysis")
     context = getattr(full.selector, "context_tokens", 0) if full.selector is not None else 0
     if context is None or context >= cfg.block_size:
         raise ConfigError(f"selector.context_tokens: every token of a block is a target of the recover objective, so a "

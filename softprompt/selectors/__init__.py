@@ -1,11 +1,12 @@
 """Selectors: which prompt of a bank each input row takes (DESIGN.md §5: IDP = bank prompt source + its
 selector). One file each, with its config and paper link; registry.SELECTORS lists them.
 
-A selector scores every prompt of the bank for every row, `scores(model, input_ids, attention_mask,
+A selector scores every prompt of the bank for every row, `scores(model, input_ids, attention_mask, context,
 labels) -> (B, K)`, higher is better; `SoftPromptModel.select` takes the argmax (hard selection, no
 gradient through the choice). Selection reads only a row's *context* (`context_mask`): never the target
-tokens of a text-to-text row (generation never has them), and at most `context_tokens` real tokens, so on
-raw text (every token a target) the scored tokens after the context are not seen by the choice.
+tokens of a text-to-text row (generation never has them), and at most `context_tokens` real tokens. A row
+whose every token is a target (raw text) has no context of its own: `context_tokens` must then say how many
+of its first tokens selection reads (the recover objective and `softprompt perplexity` do not score them).
 
 - attention (IDP, Hoang et al. 2023): the prompt the input tokens attend to most, read from hooks on the
   chosen layers during one extra pass of the context over all K prompts;
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from softprompt.errors import ConfigError
+from softprompt.errors import ConfigError, SoftPromptError
 
 TRAIN_WITH = ("self", "oracle")
 
@@ -47,10 +48,28 @@ class SelectorConfig:
 
 
 def check(cfg: SelectorConfig, full) -> None:
-    """A selector picks among the prompts of a bank: any other prompt source has one prompt for every row."""
+    """A selector picks among the prompts of a bank: any other prompt source has one prompt for every row. The
+    oracle (as the selector or the training rule) needs token targets, which an objective scoring a head's
+    outputs does not give the model."""
+    from softprompt.registry import OBJECTIVES
+
     if full.prompt.type != "bank":
         raise ConfigError(f"selector: chooses a prompt of a bank per row, and prompt.type is {full.prompt.type!r}; set "
                           "prompt.type: bank (with prompt.num_prompts), or drop the selector section")
+    oracle = "selector.type: oracle" if cfg.type == "oracle" else "selector.train_with: oracle" if cfg.train_with == "oracle" else None
+    if oracle and OBJECTIVES[full.objective.type].build(full.objective).uses_head:
+        raise ConfigError(f"{oracle}: the oracle picks the prompt with the lowest token loss, and objective "
+                          f"{full.objective.type!r} scores a head's outputs, not tokens; use selector.type attention or "
+                          "key with train_with: self")
+
+
+def chooser(selector, training: bool):
+    """What chooses the rows' prompts now: in training under `train_with: oracle`, the oracle; else the selector."""
+    if training and selector.train_with == "oracle":
+        from softprompt.selectors.oracle import OracleSelector
+
+        return OracleSelector()
+    return selector
 
 
 def context_mask(attention_mask: torch.Tensor, labels: torch.Tensor | None, kind: str,
@@ -63,7 +82,12 @@ def context_mask(attention_mask: torch.Tensor, labels: torch.Tensor | None, kind
     context = real
     if labels is not None and kind == "causal" and labels.shape == attention_mask.shape:
         source = real & (labels == -100)
-        context = torch.where(source.any(dim=1, keepdim=True), source, real)  # raw text: every token is a target
+        raw = ~source.any(dim=1, keepdim=True)  # (B, 1): every real token is a target (raw text)
+        if context_tokens is None and bool(raw.any()):
+            raise SoftPromptError("selector: a row's every token is a target (labels on all of them), so selection would "
+                                  "read the tokens it is scored on; set selector.context_tokens (the first tokens it may "
+                                  "read), or give the row a source whose labels are -100")
+        context = torch.where(raw, real, source)
     if context_tokens is not None:
         context = context & (context.long().cumsum(dim=1) <= context_tokens)
     return context  # (B, L)

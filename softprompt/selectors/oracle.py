@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from softprompt.errors import SoftPromptError
+from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.objectives.lm import scored_targets
 from softprompt.selectors import SelectorConfig
 
@@ -24,6 +24,11 @@ from softprompt.selectors import SelectorConfig
 @dataclass(frozen=True)
 class OracleConfig(SelectorConfig):
     type: str = "oracle"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.context_tokens is not None:
+            raise ConfigError("selector.context_tokens: the oracle reads a row's targets, not a context; drop the key")
 
 
 @torch.no_grad()
@@ -48,12 +53,10 @@ def row_losses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lab
 
 
 class OracleSelector(nn.Module):
-    train_with = "self"
-    context_tokens = None
-
     def __init__(self, train_with: str = "self"):
         super().__init__()
         self.train_with = train_with
+        self.context_tokens = None  # it reads the targets, not a context
 
     def scores(self, model, input_ids, attention_mask, context, labels=None) -> torch.Tensor:
         return -row_losses(model, input_ids, attention_mask, labels)  # (B, K): lower loss, higher score

@@ -10,7 +10,8 @@ An adapter dir is at once:
   component's `describe()`; `softprompt_extra.safetensors` holds the component state PEFT cannot
   express (DePT's A and B, a bank's prompts and its selector's keys, a head);
 - a serving bundle `serving/` for engines that take prompt embeddings (vLLM `prompt_embeds`): the
-  prompt source's serving view in the base's dtype and the metadata a client needs.
+  prompt source's serving view in the base's dtype and the metadata a client needs;
+- a model card `README.md` (model_card.py) from the sidecar: what it is, its training, metrics, how to load it.
 Every component describes itself; nothing here branches on a method. Writes are atomic (temp dir +
 rename) and every file gets the mode a plain `open` gives (0644, dirs 0755, under the usual umask);
 reading never unpickles, and every file is checked before any model loads.
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from softprompt import model_card
 from softprompt.checkpoint import atomic_dir, commit, save_tensors
 from softprompt.errors import SoftPromptError, gist
 from softprompt.loading import ModelConfig, resolve_model_path
@@ -130,6 +132,9 @@ def save(model, out_dir: str | Path, **meta) -> Path:
     }
     (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=str))
     _write_serving(model, tmp / "serving")
+    files = sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file())
+    card = model_card.render(json.loads(json.dumps(sidecar, default=str)), files, model.trainable_parameters())
+    (tmp / "README.md").write_text(card)
     return commit(tmp, out)
 
 

@@ -336,9 +336,14 @@ def _threshold(value: str | None) -> float | str | None:
 
 def cmd_export(args) -> int:
     """Turn a checkpoint (step_NNNNNN/) into an adapter dir. Everything is checked before anything is written."""
-    from softprompt.export import export_checkpoint
+    from softprompt.export import check_hub_push, export_checkpoint, push_to_hub
 
-    print(export_checkpoint(args.checkpoint, args.out))
+    if args.push_to_hub:
+        check_hub_push(args.push_to_hub)  # offline or unreachable: refused before anything is written
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(out)
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(out, args.push_to_hub, private=args.private)}")
     return 0
 
 
@@ -495,6 +500,9 @@ def parser() -> argparse.ArgumentParser:
     p = command("export", "write an adapter dir (PEFT + serving) from a checkpoint")
     p.add_argument("checkpoint", help="a run's checkpoint dir, checkpoints/RUN/step_NNNNNN")
     p.add_argument("out", help="the adapter dir to create (new or empty)")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="then upload it (model card included) to this hub model "
+                   "repo, created if needed, with huggingface_hub's login (HF_TOKEN or `hf auth login`)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     p.set_defaults(fn=cmd_export)
     p = command("compress", "prune and/or quantize a causal LM into a checkpoint (recover it with method recovery)",
                 "softprompt compress SOURCE OUT --method M [--sparsity S] [--structure 2:4] [--bits B] [--calibration F]")

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from softprompt.adapter import SIDECAR, read_json, read_tensors
-from softprompt.errors import SoftPromptError
+from softprompt.errors import SoftPromptError, gist
 from softprompt.model import SoftPromptModel
 
 log = logging.getLogger(__name__)
@@ -76,3 +76,42 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     model.decision = final_decision(ckpt, step)
     return model.save_adapter(out, method=cfg.method.name, steps=step, source_step=step, chosen_by="exported checkpoint",
                               config=meta["config"])
+
+
+def check_hub_push(repo_id: str) -> None:
+    """Refuse a push before anything is written: a repo id the hub would reject, offline mode, or no hub."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from softprompt.loading_checks import hub_unreachable, offline_setting
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise SoftPromptError(f"--push-to-hub: {repo_id!r} is not a hub repo id ({str(e).splitlines()[0]}); give "
+                              "NAMESPACE/NAME, e.g. my-org/llama-7b-8x-recovery") from None
+    offline = offline_setting()
+    if offline is not None:
+        raise SoftPromptError(f"--push-to-hub: offline mode is on ({offline[1]}); unset {offline[0]} to push, or export "
+                              "without --push-to-hub and upload the dir later")
+    reason = hub_unreachable()
+    if reason is not None:
+        raise SoftPromptError(f"--push-to-hub: the hub is unreachable from this machine ({reason}); export without "
+                              "--push-to-hub and upload the dir where the hub is reachable")
+
+
+def push_to_hub(adapter_dir: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload an adapter dir (model card included) to a hub model repo, creating it if needed; the URL of the
+    commit. A thin call of huggingface_hub: its login (HF_TOKEN or `hf auth login`) is the credential, and
+    nothing here prints or stores it."""
+    from huggingface_hub import HfApi
+
+    check_hub_push(repo_id)
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(adapter_dir), repo_id=repo_id, repo_type="model",
+                                   commit_message="softprompt adapter")
+    except Exception as e:  # noqa: BLE001 - the hub's HTTP errors (auth, permissions, quota): one line, the fix
+        raise SoftPromptError(f"--push-to-hub: the hub refused the upload to {repo_id!r} ({gist(e)}); check the login "
+                              f"(HF_TOKEN or `hf auth login`) and its write access; the adapter is at {adapter_dir}") from None
+    return str(getattr(commit, "commit_url", commit))

@@ -51,13 +51,11 @@ def check(cfg: SelectorConfig, full) -> None:
     """A selector picks among the prompts of a bank: any other prompt source has one prompt for every row. The
     oracle (as the selector or the training rule) needs token targets, which an objective scoring a head's
     outputs does not give the model."""
-    from softprompt.registry import OBJECTIVES
-
     if full.prompt.type != "bank":
         raise ConfigError(f"selector: chooses a prompt of a bank per row, and prompt.type is {full.prompt.type!r}; set "
                           "prompt.type: bank (with prompt.num_prompts), or drop the selector section")
     oracle = "selector.type: oracle" if cfg.type == "oracle" else "selector.train_with: oracle" if cfg.train_with == "oracle" else None
-    if oracle and OBJECTIVES[full.objective.type].build(full.objective).uses_head:
+    if oracle and full.head is not None:  # a head's outputs are what the objective scores, never tokens
         raise ConfigError(f"{oracle}: the oracle picks the prompt with the lowest token loss, and objective "
                           f"{full.objective.type!r} scores a head's outputs, not tokens; use selector.type attention or "
                           "key with train_with: self")

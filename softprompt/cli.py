@@ -285,6 +285,19 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_serve_payload(args) -> int:
+    """The request an engine takes for TEXT with the adapter's prompt (softprompt.serving), as JSON on stdout."""
+    from softprompt import serving
+    from softprompt.export import load_adapter
+
+    model = load_adapter(args.adapter)
+    sampling = {"max_tokens": args.max_tokens} if args.engine == "vllm" else {"max_new_tokens": args.max_tokens}
+    body = serving.payload(model, args.text, engine=args.engine, dtype=args.dtype, model_name=args.model_name,
+                           prompt_index=args.prompt_index, **sampling)
+    print(serving.to_json(body))
+    return 0
+
+
 def cmd_classify(args) -> int:
     """Per-label probabilities and decisions from a classify run's adapter: one forward per batch."""
     from softprompt.config import config_with
@@ -487,6 +500,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=positive_int, default=20, metavar="N",
                    help="tokens to generate per text (default 20)")
     p.set_defaults(fn=cmd_generate)
+    p = command("serve-payload", "the request a serving engine takes for a text with the adapter's prompt (JSON)",
+                "softprompt serve-payload ADAPTER TEXT [--engine vllm|sglang] [--dtype D] [--model-name NAME]")
+    p.add_argument("adapter", metavar="ADAPTER", help=ADAPTER_HELP)
+    p.add_argument("text", metavar="TEXT", help="the input text; the prompt goes before its tokens, BOS included")
+    p.add_argument("--engine", default="vllm", choices=("vllm", "vllm-chat", "sglang"),
+                   help="vllm: a Completions body (prompt_embeds, --enable-prompt-embeds); sglang: a /generate body "
+                        "(input_embeds); vllm-chat is refused for adapters trained before the raw text")
+    p.add_argument("--dtype", default=None, help="the rows' dtype on the wire (default: the base's)")
+    p.add_argument("--model-name", default=None, help="vllm: the served model's name for the body's model field")
+    p.add_argument("--prompt-index", type=int, default=None, help="a bank: this prompt instead of its selector's choice")
+    p.add_argument("--max-tokens", type=positive_int, default=32, metavar="N", help="tokens to generate (default 32)")
+    p.set_defaults(fn=cmd_serve_payload)
     p = command("classify", "label texts with a classify run's adapter (a probability per label)",
                 "softprompt classify ADAPTER [TEXTS ...] [--file F] [--json]")
     p.add_argument("adapter", metavar="ADAPTER", help="a classify run's final/ (its labels and template come from the run)")

@@ -40,6 +40,7 @@ EXTRA = "softprompt_extra.safetensors"
 FORMAT = 2  # 1: prompt + optional "offset" (before prompt sources and heads were components)
 PEFT_TASK = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "encoder": "FEATURE_EXTRACTION"}
 FIX = "re-export the adapter, or point at a run's final/ or a PEFT prompt-tuning dir"
+PEFT_IMPORTS = ("PROMPT_TUNING", "P_TUNING")  # PEFT adapters whose file is a (p, d) prompt
 
 
 def loadable_base(name: str) -> str:
@@ -310,8 +311,11 @@ def read_sidecar(adapter_dir: Path) -> dict:
         )
     file = adapter_dir / "adapter_config.json"
     peft_cfg = read_json(file, FIX)  # a plain PEFT adapter
-    if peft_cfg.get("peft_type") != "PROMPT_TUNING":
-        raise SoftPromptError(f"adapter: {str(adapter_dir)!r} is a {peft_cfg.get('peft_type')} adapter; only PROMPT_TUNING imports")
+    # P-tuning's file holds its prompt encoder's output, materialised when PEFT saves (get_prompt_embedding_to_save),
+    # which is what PEFT itself prepends once it loads the file: the same (p, d) prompt as prompt tuning's
+    if peft_cfg.get("peft_type") not in PEFT_IMPORTS:
+        raise SoftPromptError(f"adapter: {str(adapter_dir)!r} is a {peft_cfg.get('peft_type')} adapter; the PEFT types that "
+                              f"import are {list(PEFT_IMPORTS)}")
     p, dim = (_int_field(peft_cfg, key, file, FIX) for key in ("num_virtual_tokens", "token_dim"))
     task = peft_cfg.get("task_type")
     # PEFT's own default: None means 2 for SEQ_2_SEQ_LM (an encoder prompt, then a decoder prompt), else 1

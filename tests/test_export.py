@@ -103,6 +103,28 @@ def test_peft_seq2seq_adapter_with_one_submodule_loads(saved_model, tokenizer, t
     assert model.kind == "seq2seq" and tuple(model.prompt.prompt.shape) == (4, 32)
 
 
+def test_peft_p_tuning_adapter_imports_as_its_materialised_prompt(saved_model, tokenizer, tmp_path):
+    """A P-tuning adapter (an MLP prompt encoder, randomised so it is not the identity) saved by real PEFT: the
+    imported prompt gives PEFT's own logits of that dir."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    path = saved_model("llama")
+    cfg = peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, encoder_hidden_size=16)
+    trained = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(path), cfg)
+    with torch.no_grad():
+        for p in trained.prompt_encoder.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(0))
+    trained.save_pretrained(str(tmp_path / "ptuning"))
+    theirs = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), str(tmp_path / "ptuning")).eval()
+    ours = SoftPromptModel.from_adapter(tmp_path / "ptuning", tokenizer=tokenizer).eval()
+    ids = torch.tensor([tokenizer("the cat sat on the mat")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, theirs(input_ids=ids).logits[:, 5:], atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # and not because the encoder passes embeddings through: the file differs from them
+        assert not torch.allclose(ours.prompt.prompt, trained.prompt_encoder["default"].embedding.weight)
+
+
 def test_new_output_checks(tmp_path, monkeypatch):
     from softprompt.export import check_new_output
 

@@ -122,6 +122,7 @@ def save(model, out_dir: str | Path, **meta) -> Path:
         "num_virtual_tokens": source.num_virtual_tokens,
         "token_dim": source.dim,
         "base_probe": embedding_probe(model.base),
+        "base_vocab_size": model.base.get_input_embeddings().weight.shape[0],  # the probe reads the first rows only
         "prompt": source.describe(),
         "peft_tensor": peft_key,  # which prompt state tensor adapter_model.safetensors holds, or null
         "head": head.describe() if head is not None else None,
@@ -365,6 +366,11 @@ def check_base(saved: SavedAdapter, base, where: str) -> None:
     if meta["token_dim"] != dim:
         raise SoftPromptError(f"adapter: {where}: the adapter's token_dim is {meta['token_dim']} but the base's hidden "
                               f"size is {dim}; load it with its own base ({meta.get('base_model')!r})")
+    vocab = meta.get("base_vocab_size")
+    if vocab is not None and vocab != base.get_input_embeddings().weight.shape[0]:
+        raise SoftPromptError(f"adapter: {where} was trained on a base with {vocab} embedding rows and this base has "
+                              f"{base.get_input_embeddings().weight.shape[0]} (another vocabulary, or resized "
+                              f"embeddings); load it with its own base ({meta.get('base_model')!r})")
     probe = meta.get("base_probe")
     if probe is not None and not torch.allclose(torch.tensor(probe), torch.tensor(embedding_probe(base)), rtol=2e-2, atol=1e-3):
         raise SoftPromptError(

@@ -68,12 +68,31 @@ def test_seq2seq_export_loads_in_peft(saved_model, tokenizer, tmp_path):
     torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
 
 
-def test_adapter_from_another_base_is_refused(saved_model, tokenizer, tmp_path):
+def _resized(path: str, rows: int):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(path)
+    base.resize_token_embeddings(rows)  # the first rows (what the probe reads) stay as they were
+    return base
+
+
+def _wider(vocab: int):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    return AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=1,
+                                                        num_attention_heads=4, vocab_size=vocab))
+
+
+@pytest.mark.parametrize("other, message", [
+    (lambda path, n: build_model("llama", n, seed=123), "was trained on base model"),  # same shapes, other weights
+    (lambda path, n: _resized(path, n + 8), r"trained on a base with \d+ embedding rows and this base has"),
+    (lambda path, n: _wider(n), "the adapter's token_dim is 32 but the base's hidden size is 48"),
+])
+def test_adapter_from_another_base_is_refused(saved_model, tokenizer, tmp_path, other, message):
     ours = trained_like("llama", tokenizer, saved_model("llama"))
     out = ours.save_adapter(tmp_path / "adapter")
-    other = build_model("llama", len(tokenizer), seed=123)  # same shapes, other weights
-    with pytest.raises(SoftPromptError, match="was trained on base model"):
-        SoftPromptModel.from_adapter(out, base=other, tokenizer=tokenizer)
+    with pytest.raises(SoftPromptError, match=message):
+        SoftPromptModel.from_adapter(out, base=other(saved_model("llama"), len(tokenizer)), tokenizer=tokenizer)
     with pytest.raises(SoftPromptError, match="not an adapter dir"):
         SoftPromptModel.from_adapter(tmp_path)
 

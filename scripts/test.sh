@@ -3,7 +3,7 @@
 #  1. the whole suite, slow tests included, on the newest versions pyproject.toml allows (what a new
 #     user gets); extra arguments go to pytest here (e.g. -m "not slow" for a fast loop);
 #  2. the parity-critical tests (shared prefix, cached generate, export/PEFT, DePT, components, the attention
-#     selector read through transformers' attention interface) on the lowest
+#     selector read through transformers' attention interface, serving payloads, model cards) on the lowest
 #     supported versions (ci/constraints-lowest.txt). SOFTPROMPT_SKIP_LOWEST=1 skips it locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,4 +24,4 @@ echo "== lowest versions: parity-critical tests (+ one run through the trackers 
   tests/test_export.py tests/test_dept.py tests/test_compat.py tests/test_components.py tests/test_train.py::test_run_dir_outputs \
   tests/test_train.py::test_trackers_wandb_offline_and_tensorboard \
   tests/test_idp.py::test_attention_scores_equal_eager_attention_maps tests/test_idp.py::test_selection_follows_the_prompts_not_the_bank_order \
-  tests/test_idp.py::test_dept_entries_generate_offsets_new_tokens_per_row
+  tests/test_idp.py::test_dept_entries_generate_offsets_new_tokens_per_row tests/test_model_card.py tests/test_serving.py

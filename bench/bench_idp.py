@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -76,23 +75,17 @@ def arms(args) -> dict[str, dict]:
     }
 
 
-@torch.no_grad()
 def tail_nll(model, blocks: list[dict], skip: int, batch_size: int, prompt_index=None) -> tuple[float, int]:
-    """Summed NLL and count of the tokens after the first `skip` of each block (each predicted from all the
-    tokens before it in its block). `prompt_index`: a callable giving each batch's indices, or None."""
-    from softprompt.objectives.recover import collate_blocks
+    """Summed NLL and count of the tokens after the first `skip` of each block (the recover objective's
+    protocol for a selector reading `skip` tokens). `prompt_index`: a callable giving each batch's indices."""
+    from softprompt.objectives.recover import perplexity
 
-    total, count = 0.0, 0
-    for start in range(0, len(blocks), batch_size):
-        batch = collate_blocks(blocks[start:start + batch_size])
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+    def logits(ids, mask):
         extra = {} if prompt_index is None else {"prompt_index": prompt_index(ids, mask)}
-        logits = model(ids, mask, right_padded=True, **extra).logits if model is not None else None
-        targets = ids[:, skip:]  # (B, L - skip): tokens skip+1..L, predicted at positions skip..L-1
-        scores = logits[:, skip - 1:-1]  # (B, L - skip, V)
-        total += F.cross_entropy(scores.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
-        count += targets.numel()
-    return total, count
+        return model(ids, mask, right_padded=True, **extra).logits
+
+    result = perplexity(logits, blocks, batch_size, "cpu", read=skip)
+    return result["nll"] * result["tokens"], result["tokens"]
 
 
 class NoPrompt(torch.nn.Module):

@@ -61,12 +61,15 @@ def embeddings(model, text: str, prompt_index: int | None = None) -> torch.Tenso
     return embeds[0].float()
 
 
+def engine_scale(model, engine: str) -> float:
+    """What `engine` multiplies given embeddings by for this base (see ENGINE_UNSCALE): 1, or sqrt(hidden)."""
+    text = model.base.config.get_text_config()
+    return math.sqrt(text.hidden_size) if (engine.split("-")[0], getattr(text, "model_type", None)) in ENGINE_UNSCALE else 1.0
+
+
 def engine_rows(model, rows: torch.Tensor, engine: str) -> torch.Tensor:
-    """`rows` in the space `engine` takes for this base (see ENGINE_UNSCALE)."""
-    model_type = getattr(model.base.config.get_text_config(), "model_type", None)
-    if (engine.split("-")[0], model_type) in ENGINE_UNSCALE:
-        return rows / math.sqrt(model.base.config.get_text_config().hidden_size)
-    return rows
+    """`rows` in the space `engine` takes for this base."""
+    return rows / engine_scale(model, engine)
 
 
 def encode_tensor(rows: torch.Tensor) -> str:
@@ -113,10 +116,7 @@ def _dtype(name: str | torch.dtype) -> torch.dtype:
 def payload_rows(body: dict, model, engine: str) -> torch.Tensor:
     """The (n, D) rows a payload carries, back in our model's space (the parity check's other half)."""
     rows = decode_tensor(body["prompt_embeds"]) if engine == "vllm" else torch.tensor(body["input_embeds"])
-    model_type = getattr(model.base.config.get_text_config(), "model_type", None)
-    if (engine, model_type) in ENGINE_UNSCALE:
-        rows = rows * math.sqrt(model.base.config.get_text_config().hidden_size)
-    return rows
+    return rows * engine_scale(model, engine)
 
 
 def to_json(body: dict) -> str:

@@ -28,7 +28,7 @@ from torch import nn
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.layers import dept, fused
 from softprompt.layers.inits import initial_prompt
-from softprompt.layers.prompt_embedding import apply_offset
+from softprompt.layers.prompt_embedding import apply_offset, prompt_groups
 
 ENTRIES = ("plain", "dept")
 
@@ -154,12 +154,7 @@ class PromptBank(nn.Module):
     def param_groups(self, lr: float, weight_decay: float, offset_lr: float | None = None,
                      offset_weight_decay: float | None = None) -> list[dict]:
         """The prompts, and DePT entries' offsets at their own rate (DePT's two learning rates)."""
-        groups = [{"params": [self.prompts], "lr": lr, "weight_decay": weight_decay, "name": "prompt"}]
-        if self.offsets is not None:
-            groups.append({"params": list(self.offsets.parameters()), "name": "offset",
-                           "lr": lr if offset_lr is None else offset_lr,
-                           "weight_decay": weight_decay if offset_weight_decay is None else offset_weight_decay})
-        return groups
+        return prompt_groups(self.prompts, self.offsets, lr, weight_decay, offset_lr, offset_weight_decay)
 
     def describe(self) -> dict:
         return {"type": "bank", "num_prompts": self.num_prompts, "num_virtual_tokens": self.num_virtual_tokens,

@@ -43,6 +43,17 @@ def apply_offset(embeds: torch.Tensor, rows: torch.Tensor, index: torch.Tensor) 
     return embeds + delta * (index >= 0).unsqueeze(-1).to(embeds.dtype)
 
 
+def prompt_groups(prompt: nn.Parameter, offset: nn.Module | None, lr: float, weight_decay: float,
+                  offset_lr: float | None = None, offset_weight_decay: float | None = None) -> list[dict]:
+    """The prompt's optimizer group, and the offset's (one module, or a bank's list of them) at its own rate."""
+    groups = [{"params": [prompt], "lr": lr, "weight_decay": weight_decay, "name": "prompt"}]
+    if offset is not None:
+        groups.append({"params": list(offset.parameters()), "name": "offset",
+                       "lr": lr if offset_lr is None else offset_lr,
+                       "weight_decay": weight_decay if offset_weight_decay is None else offset_weight_decay})
+    return groups
+
+
 class PromptEmbedding(nn.Module):
     row_invariant = True  # every row gets the same prompt: the shared-prefix path and the fused kernel apply
     prompts_from_table = True
@@ -98,13 +109,7 @@ class PromptEmbedding(nn.Module):
     def param_groups(self, lr: float, weight_decay: float, offset_lr: float | None = None,
                      offset_weight_decay: float | None = None) -> list[dict]:
         """Optimizer groups: the prompt, and the offset's parameters at their own rate (DePT's two LRs)."""
-        groups = [{"params": [self.prompt], "lr": lr, "weight_decay": weight_decay, "name": "prompt"}]
-        if self.offset is not None:
-            groups.append({"params": list(self.offset.parameters()),
-                           "lr": lr if offset_lr is None else offset_lr,
-                           "weight_decay": weight_decay if offset_weight_decay is None else offset_weight_decay,
-                           "name": "offset"})
-        return groups
+        return prompt_groups(self.prompt, self.offset, lr, weight_decay, offset_lr, offset_weight_decay)
 
     # -- the adapter's views -----------------------------------------------------------------------
 

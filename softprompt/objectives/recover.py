@@ -142,6 +142,14 @@ def selection_reads(model) -> int:
     return 0 if selector is None else int(selector.context_tokens or 0)
 
 
+def block_targets(batch: dict[str, torch.Tensor], read: int = 0) -> torch.Tensor:
+    """The token each position of a block is scored against (B, L), -100 where none: tokens 2..L, and none of
+    tokens 1..`read` (what a selector read to choose the prompt)."""
+    targets = scored_targets(batch["labels"], "causal", batch["attention_mask"])  # (B, L): [t] is token t+2
+    targets[:, :max(read - 1, 0)] = -100
+    return targets
+
+
 @torch.no_grad()
 def perplexity(logits_fn, items: list[dict], batch_size: int, device, read: int = 0) -> dict[str, float]:
     """Token-weighted NLL and perplexity of `logits_fn(input_ids, attention_mask) -> (B, L, V)` over the blocks
@@ -150,8 +158,7 @@ def perplexity(logits_fn, items: list[dict], batch_size: int, device, read: int 
     total, count = 0.0, 0
     for start in range(0, len(items), batch_size):
         batch = {k: v.to(device) for k, v in collate_blocks(items[start:start + batch_size]).items()}
-        targets = scored_targets(batch["labels"], "causal", batch["attention_mask"])  # (B, L): [t] is token t+2
-        targets[:, :max(read - 1, 0)] = -100  # tokens 1..read: seen by the choice
+        targets = block_targets(batch, read)  # (B, L)
         logits = logits_fn(batch["input_ids"], batch["attention_mask"])  # (B, L, V)
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum").item()
         count += int((targets != -100).sum())
@@ -273,8 +280,7 @@ class Recover:
         total, count = 0.0, 0
         for start in range(0, len(items), batch_size):
             batch = {k: v.to(model.device) for k, v in collate_blocks(items[start:start + batch_size]).items()}
-            scored = scored_targets(batch["labels"], "causal", batch["attention_mask"]) != -100
-            scored[:, :max(selection_reads(model) - 1, 0)] = False  # what a selector read (see `perplexity`)
+            scored = block_targets(batch, selection_reads(model)) != -100  # (B, L)
             logits = model(batch["input_ids"], batch["attention_mask"], right_padded=True).logits
             total += float(self.distill(logits, batch, scored))
             count += int(scored.sum())

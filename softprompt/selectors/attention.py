@@ -47,12 +47,12 @@ class AttentionConfig(SelectorConfig):
 
 
 def blocker(model) -> str | None:
-    """Why the side-by-side prompt cache is not exact for this model, or None."""
-    if model.kind != "causal":
-        return f"a {model.kind} model attends bidirectionally, so the prompts would see the input"
-    return (shared_prefix.column_sensitive(model.base.config) or shared_prefix.exactness_blocker(model.base)
-            or (f"rotary scaling {sorted(shared_prefix.rope_types(model.base.config) & shared_prefix.LENGTH_DEPENDENT_ROPE)}"
-                if shared_prefix.rope_types(model.base.config) & shared_prefix.LENGTH_DEPENDENT_ROPE else None))
+    """Why the side-by-side prompt cache is not exact for this model, or None: the shared prefix's own reasons
+    (checked in eval mode, where gradient checkpointing does not apply), and key columns that count (the
+    prompts' K·p columns would sit inside a window or an ALiBi distance)."""
+    base = model.base
+    return (shared_prefix.structural_blocker(base, model.kind) or shared_prefix.column_sensitive(base.config)
+            or shared_prefix.exactness_blocker(base))
 
 
 def pick(numbers: tuple[int, ...], count: int, what: str) -> list[int]:

@@ -324,6 +324,9 @@ def read_sidecar(adapter_dir: Path) -> dict:
     if submodules not in (1, 2):
         raise SoftPromptError(f"{str(file)!r}: num_transformer_submodules is {submodules!r}, expected 1 or 2; {FIX}")
     kind = {"CAUSAL_LM": "causal", "SEQ_2_SEQ_LM": "seq2seq"}.get(task)
+    if submodules == 2 and kind != "seq2seq":
+        raise SoftPromptError(f"{str(file)!r}: num_transformer_submodules is 2 with task_type {task!r}; PEFT splits the "
+                              f"prompt in two for SEQ_2_SEQ_LM only (PEFT cannot run this one either); {FIX}")
     return {"base_model": peft_cfg.get("base_model_name_or_path"), "kind": kind, "prompt": {"type": "plain"},
             "peft_tensor": "prompt", "head": None, "has_extra": False, "token_dim": dim, "num_virtual_tokens": p,
             "rows": p * submodules, "num_transformer_submodules": submodules,
@@ -332,9 +335,10 @@ def read_sidecar(adapter_dir: Path) -> dict:
 
 def read_prompt(adapter_dir: Path, meta: dict) -> torch.Tensor:
     """The (p, d) prompt, its shape checked against the config before any model loads. A PEFT seq2seq
-    adapter saved with num_transformer_submodules 2 holds (2p, d): p encoder rows then p decoder rows.
-    PEFT prepends the decoder rows to the decoder's input; our seq2seq prompt is encoder-only, so such an
-    adapter cannot be reproduced and is refused rather than loaded as a 2p-row encoder prompt."""
+    adapter saved with num_transformer_submodules 2 (PEFT's default for SEQ_2_SEQ_LM) holds (2p, d), and
+    PEFT's prompt tuning and P-tuning feed the encoder its first p rows only (`PeftModelForSeq2SeqLM.forward`
+    and `generate`, since PEFT 0.4, huggingface/peft#519): the other p never run and never train. So the
+    prompt is those first p rows, which gives PEFT's own outputs."""
     file = adapter_dir / "adapter_model.safetensors"
     fix = "re-export the adapter"
     tensors = read_tensors(file, fix)
@@ -350,12 +354,9 @@ def read_prompt(adapter_dir: Path, meta: dict) -> torch.Tensor:
             "the file is damaged or belongs to another adapter"
         )
     if meta.get("num_transformer_submodules") == 2:
-        raise SoftPromptError(
-            f"adapter: {str(adapter_dir)!r} is a PEFT seq2seq adapter saved with num_transformer_submodules: 2 "
-            f"(an encoder prompt and a decoder prompt, {meta['num_virtual_tokens']} rows each); softprompt's seq2seq "
-            "prompt is encoder-only, so it cannot reproduce it. Train it with PromptTuningConfig("
-            "num_transformer_submodules=1) or with softprompt"
-        )
+        log.info("%s: a PEFT seq2seq adapter with num_transformer_submodules 2; its second %d rows are unused by PEFT "
+                 "(encoder-only prompt) and are left out", adapter_dir, meta["num_virtual_tokens"])
+        return prompt[:meta["num_virtual_tokens"]]  # (p, d): the encoder's rows, all PEFT runs
     return prompt
 
 

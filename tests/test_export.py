@@ -97,17 +97,47 @@ def test_adapter_from_another_base_is_refused(saved_model, tokenizer, tmp_path, 
         SoftPromptModel.from_adapter(tmp_path)
 
 
-def test_peft_seq2seq_adapter_with_two_submodules_is_refused(saved_model, tmp_path):
-    """PEFT's seq2seq default saves (2p, d): p encoder rows, then p decoder rows that PEFT prepends to the
-    decoder input. Our seq2seq prompt is encoder-only: refuse rather than load 2p rows as the encoder prompt."""
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_peft_seq2seq_adapter_with_two_submodules_imports_with_peft_outputs(saved_model, tokenizer, tmp_path, family):
+    """PEFT's seq2seq default saves (2p, d) (num_transformer_submodules 2), and its prompt tuning runs the first p
+    rows on the encoder only. Both halves randomised, so taking any other rows would show: logits, loss and
+    greedy generations equal PEFT's own on a padded batch."""
+    import peft
+    from transformers import AutoModelForSeq2SeqLM
+
+    path = saved_model(family)
+    pm = peft.get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(path),
+                             peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4))
+    with torch.no_grad():
+        pm.prompt_encoder["default"].embedding.weight.normal_(generator=torch.Generator().manual_seed(0))
+    pm.save_pretrained(str(tmp_path / "peft"))
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["num_transformer_submodules"] == 2
+    theirs = peft.PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(path), str(tmp_path / "peft")).eval()
+    ours = SoftPromptModel.from_adapter(tmp_path / "peft", tokenizer=tokenizer).eval()
+    assert tuple(ours.prompt.prompt.shape) == (4, 32)
+    enc = tokenizer(["the cat sat on the mat", "a dog"], return_tensors="pt", padding=True)
+    labels = tokenizer(["red blue", "green"], return_tensors="pt", padding=True, add_special_tokens=False)["input_ids"]
+    labels[labels == tokenizer.pad_token_id] = -100
+    with torch.no_grad():
+        expected = theirs(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels)
+        got = ours(enc["input_ids"], enc["attention_mask"], labels=labels)
+        torch.testing.assert_close(got.logits, expected.logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got.loss, expected.loss, atol=1e-5, rtol=1e-4)
+        settings = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False)
+        assert torch.equal(ours.generate(enc["input_ids"], enc["attention_mask"], **settings),
+                           theirs.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], **settings))
+
+
+def test_two_submodule_peft_adapter_of_a_causal_task_is_refused(saved_model, tmp_path):
     import peft
     from transformers import AutoModelForSeq2SeqLM
 
     base = AutoModelForSeq2SeqLM.from_pretrained(saved_model("t5"))
-    pm = peft.get_peft_model(base, peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4))
-    pm.save_pretrained(str(tmp_path / "peft"))
-    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["num_transformer_submodules"] == 2
-    with pytest.raises(SoftPromptError, match="num_transformer_submodules: 2"):
+    peft.get_peft_model(base, peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4)).save_pretrained(
+        str(tmp_path / "peft"))
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps({**cfg, "task_type": "CAUSAL_LM"}))
+    with pytest.raises(SoftPromptError, match="num_transformer_submodules is 2 with task_type 'CAUSAL_LM'"):
         SoftPromptModel.from_adapter(tmp_path / "peft")
 
 

@@ -95,25 +95,33 @@ def save(model, out_dir: str | Path, **meta) -> Path:
     source, head = model.prompt, model.head
     state = {k: v.detach().float().cpu().contiguous() for k, v in source.state_dict().items()}
     peft_key, caveat = source.peft_view()
+    ignored = [caveat] if caveat else []  # what stock PEFT would miss, each said once
+    # a head in the layout of transformers' own classification head (score_head.py) goes to PEFT too, as a
+    # SEQ_CLS adapter's modules_to_save; any other head is ours alone
+    head_view = head.peft_view() if head is not None and hasattr(head, "peft_view") else None
+    if head is not None and (head_view is None or peft_key is None):
+        ignored.append(f"the trained {head.describe()['type']} head (PEFT's prompt tuning has no place for it)")
     if peft_key is not None:
-        _write_peft(model, state.pop(peft_key), tmp)
+        _write_peft(model, state.pop(peft_key), tmp, head_view)
     members = source.peft_members() if hasattr(source, "peft_members") else None
     if members is not None:  # several prompts (a bank): each as a PEFT adapter of its own, members/prompt_KK/
         for k, member in enumerate(members):
             (tmp / "members" / f"prompt_{k:02d}").mkdir(parents=True)
-            _write_peft(model, member.contiguous(), tmp / "members" / f"prompt_{k:02d}")
+            _write_peft(model, member.contiguous(), tmp / "members" / f"prompt_{k:02d}", head_view)
     extra = {f"prompt.{k}": v for k, v in state.items()}
-    if head is not None:
+    if head is not None:  # kept here even when PEFT's file holds it too: our loader reads heads from one place
         extra.update({f"head.{k}": v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()})
-        caveat = caveat or "PEFT's prompt tuning has no place for a trained head"
     selector = getattr(model, "selector", None)
     if selector is not None:
         extra.update({f"selector.{k}": v.detach().float().cpu().contiguous() for k, v in selector.state_dict().items()})
+        ignored.append(f"the {selector.describe()['type']} selector")
     if extra:
         save_tensors(extra, tmp / EXTRA)
-    if caveat:
-        log.warning("%s: %s. Load it with SoftPromptModel.from_adapter, or serve it with serving/", out, caveat)
     loading = {k: v for k, v in dataclasses.asdict(model.base_config).items() if k not in ("name_or_path", "kind")}
+    ignored += _peft_ignores_otherwise(model, loading)
+    if ignored and (peft_key is not None or members is not None):
+        log.warning("%s: stock PEFT ignores %s, which softprompt.json and softprompt_extra.safetensors hold; load it "
+                    "with SoftPromptModel.from_adapter for the trained outputs", out, "; ".join(ignored))
     sidecar = {
         "format": FORMAT,
         "base_model": model.base_name,
@@ -123,8 +131,11 @@ def save(model, out_dir: str | Path, **meta) -> Path:
         "token_dim": source.dim,
         "base_probe": embedding_probe(model.base),
         "base_vocab_size": model.base.get_input_embeddings().weight.shape[0],  # the probe reads the first rows only
+        "base_model_type": model.base.config.model_type,  # the architecture: another one is refused by name
         "prompt": source.describe(),
         "peft_tensor": peft_key,  # which prompt state tensor adapter_model.safetensors holds, or null
+        "peft_ignores": ignored,  # what a stock PEFT load of this dir misses (the model card says it too)
+        "peft_head": head_view[0] if head_view is not None and peft_key is not None else None,  # PEFT's modules_to_save
         "head": head.describe() if head is not None else None,
         "selector": selector.describe() if selector is not None else None,  # a bank's per-row choice (selectors/)
         "decision": model.decision,  # the objective's fitted decision rule (per-label thresholds), or null
@@ -140,16 +151,34 @@ def save(model, out_dir: str | Path, **meta) -> Path:
     return commit(tmp, out)
 
 
-def _write_peft(model, prompt: torch.Tensor, out: Path) -> None:
+def _peft_ignores_otherwise(model, loading: dict) -> list[str]:
+    """What else a PEFT load misses: the fitted decision rule, and how the base must be loaded (PEFT loads the
+    base as its files are: a load-time quantization is not applied)."""
+    missed = []
+    if model.decision:
+        missed.append("the fitted per-label thresholds (PEFT gives raw scores)")
+    if loading.get("quantization", "none") != "none":
+        missed.append(f"the base's load-time quantization ({loading['quantization']}; pass PEFT's base a "
+                      "quantization_config to match)")
+    return missed
+
+
+def _write_peft(model, prompt: torch.Tensor, out: Path, head_view: tuple[str, dict] | None = None) -> None:
+    """A PEFT PROMPT_TUNING dir holding `prompt` (p, d); with `head_view` (module name, tensors) a SEQ_CLS one
+    whose head PEFT loads through modules_to_save, under PEFT's own key `base_model.<module>.<param>`."""
     import peft
 
-    save_tensors({"prompt_embeddings": prompt}, out / "adapter_model.safetensors", metadata={"format": "pt"})  # (p, d)
+    tensors = {"prompt_embeddings": prompt}  # (p, d)
+    if head_view is not None:
+        module, params = head_view
+        tensors.update({f"base_model.{module}.{name}": value for name, value in params.items()})
+    save_tensors(tensors, out / "adapter_model.safetensors", metadata={"format": "pt"})
     text_cfg = model.base.config.get_text_config()
     peft_cfg = {
         "auto_mapping": None,
         "base_model_name_or_path": loadable_base(model.base_name),  # AutoPeftModel* loads the base from here
         "inference_mode": True,
-        "modules_to_save": None,
+        "modules_to_save": [head_view[0]] if head_view is not None else None,
         "num_attention_heads": getattr(text_cfg, "num_attention_heads", None),
         "num_layers": getattr(text_cfg, "num_hidden_layers", None),
         "num_transformer_submodules": 1,
@@ -159,7 +188,7 @@ def _write_peft(model, prompt: torch.Tensor, out: Path) -> None:
         "prompt_tuning_init": "RANDOM",
         "prompt_tuning_init_text": None,
         "revision": model.base_config.revision,
-        "task_type": PEFT_TASK[model.kind],
+        "task_type": "SEQ_CLS" if head_view is not None else PEFT_TASK[model.kind],
         "token_dim": prompt.shape[1],
         "tokenizer_kwargs": None,
         "tokenizer_name_or_path": None,
@@ -215,6 +244,8 @@ def read(adapter_dir: str | Path) -> SavedAdapter:
     if meta.get("peft_tensor"):
         state[meta["peft_tensor"]] = read_prompt(path, meta)  # checked before any model loads
     extra = read_tensors(path / EXTRA, "re-export the adapter") if meta["has_extra"] else {}
+    if meta.get("peft_modules"):  # a plain PEFT SEQ_CLS adapter: its head, from PEFT's modules_to_save keys
+        extra = _peft_head(path, meta)
     if meta.get("extra_prefix"):  # format 1 stored the offset's own state dict
         extra = {meta["extra_prefix"] + k: v for k, v in extra.items()}
     state.update({k.removeprefix("prompt."): v for k, v in extra.items() if k.startswith("prompt.")})
@@ -233,6 +264,25 @@ def read(adapter_dir: str | Path) -> SavedAdapter:
     base_config = ModelConfig(name_or_path=meta.get("base_model") or "", kind=kind or "auto",
                               **{k: v for k, v in loading.items() if k in known})
     return SavedAdapter(source, head, kind, base_config, meta, selector)
+
+
+def _peft_head(path: Path, meta: dict) -> dict[str, torch.Tensor]:
+    """A PEFT SEQ_CLS adapter's head as our sidecar would hold it (`head.*` tensors, `meta["head"]` set). Only a
+    head in the layout of transformers' decoder `score` (score_head.py) can be rebuilt; any other module PEFT
+    saved (an encoder's `classifier` on its pooler, a custom module) is refused rather than dropped."""
+    from softprompt import score_head
+
+    file = path / "adapter_model.safetensors"
+    tensors = {k: v for k, v in read_tensors(file, FIX).items() if k != "prompt_embeddings"}
+    wanted = f"base_model.{score_head.PEFT_MODULE}.weight"
+    if set(tensors) != {wanted} or tensors[wanted].dim() != 2 or tensors[wanted].shape[1] != meta["token_dim"]:
+        raise SoftPromptError(f"adapter: {str(path)!r} is a PEFT {meta.get('peft_task')} adapter whose modules_to_save "
+                              f"{meta['peft_modules']} hold {sorted(tensors)}; softprompt rebuilds a decoder's own "
+                              f"`{score_head.PEFT_MODULE}` head ({wanted}, (labels, {meta['token_dim']})) and nothing "
+                              "else, so it would give other scores; train the head with softprompt (head.type: linear)")
+    weight = tensors[wanted]
+    meta["head"] = score_head.ScoreHead(weight.shape[1], weight.shape[0]).describe()
+    return {f"head.{score_head.PEFT_MODULE}.weight": weight}
 
 
 def _restore(table: str, description: dict, state: dict, path: Path):
@@ -323,13 +373,14 @@ def read_sidecar(adapter_dir: Path) -> dict:
     submodules = peft_cfg.get("num_transformer_submodules") or (2 if task == "SEQ_2_SEQ_LM" else 1)
     if submodules not in (1, 2):
         raise SoftPromptError(f"{str(file)!r}: num_transformer_submodules is {submodules!r}, expected 1 or 2; {FIX}")
-    kind = {"CAUSAL_LM": "causal", "SEQ_2_SEQ_LM": "seq2seq"}.get(task)
+    kind = {"CAUSAL_LM": "causal", "SEQ_2_SEQ_LM": "seq2seq", "SEQ_CLS": "causal"}.get(task)  # SEQ_CLS: our score head's
     if submodules == 2 and kind != "seq2seq":
         raise SoftPromptError(f"{str(file)!r}: num_transformer_submodules is 2 with task_type {task!r}; PEFT splits the "
                               f"prompt in two for SEQ_2_SEQ_LM only (PEFT cannot run this one either); {FIX}")
     return {"base_model": peft_cfg.get("base_model_name_or_path"), "kind": kind, "prompt": {"type": "plain"},
             "peft_tensor": "prompt", "head": None, "has_extra": False, "token_dim": dim, "num_virtual_tokens": p,
-            "rows": p * submodules, "num_transformer_submodules": submodules,
+            "rows": p * submodules, "num_transformer_submodules": submodules, "peft_task": task,
+            "peft_modules": [m for m in peft_cfg.get("modules_to_save") or [] if m] or None,  # SEQ_CLS: its head
             "base_loading": {"revision": peft_cfg.get("revision")}}
 
 
@@ -361,8 +412,22 @@ def read_prompt(adapter_dir: Path, meta: dict) -> torch.Tensor:
 
 
 def check_base(saved: SavedAdapter, base, where: str) -> None:
-    """Refuse a base other than the one the adapter was trained on (hidden size, embedding probe)."""
+    """Refuse a base other than the one the adapter was trained on: another architecture, another hub model,
+    another hidden size or vocabulary, other embedding weights (the probe)."""
+    from softprompt.loading_checks import hub_name
+
     meta = saved.meta
+    recorded_type, model_type = meta.get("base_model_type"), getattr(base.config, "model_type", None)
+    if recorded_type and model_type and recorded_type != model_type:
+        raise SoftPromptError(f"adapter: {where} was trained on a {recorded_type} base ({meta.get('base_model')!r}) and "
+                              f"this base is a {model_type}; load it with its own base")
+    # names compare only where both sides name a hub model: a local dir may hold a copy of anything
+    recorded_id, given_id = hub_name(meta.get("base_model")), hub_name(getattr(base.config, "_name_or_path", None))
+    if recorded_id and given_id and recorded_id.lower() != given_id.lower():
+        raise SoftPromptError(f"adapter: {where} was trained on hub model {recorded_id!r} and this base is {given_id!r} "
+                              f"(a fine-tune of the same architecture can keep its embedding rows, so names are "
+                              f"compared too); load it with {recorded_id!r}, or save this base to a local dir if it "
+                              "really holds the same weights")
     dim = base.get_input_embeddings().weight.shape[1]
     if meta["token_dim"] != dim:
         raise SoftPromptError(f"adapter: {where}: the adapter's token_dim is {meta['token_dim']} but the base's hidden "

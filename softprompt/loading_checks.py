@@ -36,6 +36,18 @@ def is_hub_id(name_or_path: str) -> bool:
     return name_or_path not in BUNDLED and not _looks_local(name_or_path)
 
 
+def hub_name(name_or_path: str | None) -> str | None:
+    """The hub id a base came from: the id itself, or the one a Hugging Face cache snapshot dir encodes
+    (`.../models--ORG--NAME/snapshots/REV`, where transformers leaves `config._name_or_path` after loading an id
+    from the cache); None for any other local dir or a bundled name."""
+    if not name_or_path:
+        return None
+    for part in Path(name_or_path).parts:
+        if part.startswith("models--") and part.count("--") >= 2:
+            return "/".join(part.split("--")[1:])
+    return name_or_path if is_hub_id(name_or_path) else None
+
+
 def check_model_dir(name_or_path: str, kind: str = "auto", where: str = "model.name_or_path") -> None:
     """A local model dir has a readable config.json, weights whose safetensors headers are whole, tokenizer
     files, and is of `kind` (unless auto). Reads headers only: no tensors, no model."""

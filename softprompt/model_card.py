@@ -79,16 +79,18 @@ def _loading(sidecar: dict, files: list[str], has_peft: bool) -> list[str]:
              "from softprompt import SoftPromptModel", "",
              'model = SoftPromptModel.from_adapter("PATH_TO_THIS_DIR")', "```", ""]
     if has_peft:
-        caveat = ""
-        if (sidecar.get("prompt") or {}).get("type") != "plain" or sidecar.get("head"):
-            caveat = (" PEFT loads the prompt alone: what it has no place for (" +
-                      ", ".join(x for x in ("a DePT offset" if (sidecar.get("prompt") or {}).get("type") == "dept" else "",
-                                            "the head" if sidecar.get("head") else "") if x) +
-                      ") is in `softprompt_extra.safetensors`, which stock PEFT ignores, so its outputs differ.")
-        auto = PEFT_AUTO.get(sidecar.get("kind"), "AutoPeftModel")
+        ignored = sidecar.get("peft_ignores") or []
+        caveat = (" Stock PEFT ignores " + "; ".join(ignored) + ": `softprompt.json` and `softprompt_extra.safetensors` "
+                  "hold them, so its outputs differ from the trained adapter's.") if ignored else ""
+        if sidecar.get("peft_head"):  # a head in transformers' own layout: PEFT loads it through modules_to_save
+            auto, extra = "AutoPeftModelForSequenceClassification", f", num_labels={sidecar['head'].get('num_outputs')}"
+            caveat = (f" The head is the base's own `{sidecar['peft_head']}` (PEFT's `modules_to_save`); the base loads "
+                      "as a sequence classifier with the adapter's label count." + caveat)
+        else:
+            auto, extra = PEFT_AUTO.get(sidecar.get("kind"), "AutoPeftModel"), ""
         lines += [f"With PEFT (`adapter_config.json` is a `PROMPT_TUNING` adapter; it names the base).{caveat}", "",
                   "```python", f"from peft import {auto}", "",
-                  f'model = {auto}.from_pretrained("PATH_TO_THIS_DIR")', "```", ""]
+                  f'model = {auto}.from_pretrained("PATH_TO_THIS_DIR"{extra})', "```", ""]
     elif any(f.startswith("members/") for f in files):
         lines += ["PEFT holds one prompt, not a bank: `members/prompt_KK/` are PEFT adapters of each member, each a "
                   "fixed prompt for every input.", ""]

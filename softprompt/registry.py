@@ -4,7 +4,7 @@ Four kinds of component, each a file with its frozen config and paper link:
 - PROMPTS: how the virtual rows are produced (layers/): plain, DePT, a bank;
 - OBJECTIVES: what they are trained for (objectives/): text-to-text LM, classification, label lists as text,
   recovery of a compressed model (LM on blocks, distillation);
-- HEADS: a trainable module on aligned hidden states (heads.py);
+- HEADS: a trainable module on aligned hidden states (heads.py: linear; score_head.py: transformers' own `score`);
 - SELECTORS: which prompt of a bank each row takes (selectors/): attention (IDP), learned keys, oracle;
 - the base loader is `loading.load_base`, whose `ModelConfig` records quantization and placement.
 A method (METHODS) is a preset naming one of each. Adding a method is a file plus a line here.
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from softprompt import heads
+from softprompt import heads, score_head
 from softprompt.errors import ConfigError
 from softprompt.layers import bank, dept, plain
 from softprompt.methods import Preset
@@ -60,6 +60,7 @@ OBJECTIVES: dict[str, Component] = {
 
 HEADS: dict[str, Component] = {
     "linear": Component(heads.HeadConfig, heads.build, heads.param_groups, heads.restore),
+    "score": Component(score_head.ScoreConfig, score_head.build, heads.param_groups, score_head.restore),
 }
 
 SELECTORS: dict[str, Component] = {

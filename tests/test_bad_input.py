@@ -133,7 +133,7 @@ def _peft_cfg(e: Env, **changes) -> None:
 _DROP = object()
 
 
-def _peft_t5_adapter(e: Env, submodules: int | None = None, rows: int | None = None) -> None:
+def _peft_t5_adapter(e: Env, submodules: int | None = None, rows: int | None = None, task: str | None = None) -> None:
     """A PEFT seq2seq PROMPT_TUNING adapter saved by peft itself (default num_transformer_submodules 2)."""
     import peft
     from safetensors.torch import save_file
@@ -143,9 +143,10 @@ def _peft_t5_adapter(e: Env, submodules: int | None = None, rows: int | None = N
     base = AutoModelForSeq2SeqLM.from_pretrained(e.t5)
     pm = peft.get_peft_model(base, peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4))
     pm.save_pretrained(str(e.adapter))
-    if submodules is not None:
+    if submodules is not None or task is not None:
         cfg = json.loads((e.adapter / "adapter_config.json").read_text())
-        cfg["num_transformer_submodules"] = submodules
+        cfg["num_transformer_submodules"] = submodules or cfg["num_transformer_submodules"]
+        cfg["task_type"] = task or cfg["task_type"]
         (e.adapter / "adapter_config.json").write_text(json.dumps(cfg))
     if rows is not None:
         save_file({"prompt_embeddings": torch.zeros(rows, 32)}, str(e.adapter / "adapter_model.safetensors"))
@@ -358,7 +359,10 @@ CASES = [
          "adapter_config.json"),
     Case("peft config lacks token_dim", _corrupt_adapter(lambda e: _peft_cfg(e, token_dim=_DROP)), "token_dim"),
     Case("peft config wrong p", _corrupt_adapter(lambda e: _peft_cfg(e, num_virtual_tokens=7)), "shape"),
-    Case("peft seq2seq two submodules", _corrupt_adapter(_peft_t5_adapter), "num_transformer_submodules"),
+    Case("peft two submodules on a causal task", _corrupt_adapter(lambda e: _peft_t5_adapter(e, task="CAUSAL_LM")),
+         "num_transformer_submodules is 2 with task_type 'CAUSAL_LM'"),
+    Case("peft seq2seq three submodules", _corrupt_adapter(lambda e: _peft_t5_adapter(e, submodules=3)),
+         "num_transformer_submodules is 3, expected 1 or 2"),
     Case("peft seq2seq rows mismatch", _corrupt_adapter(lambda e: _peft_t5_adapter(e, submodules=1, rows=8)), "shape"),
     Case("eval with truncated adapter", lambda e: (truncated(e), ["eval", str(e.adapter), str(e.write("r.yaml", "{}\n")),
                                                                   *overrides(e.model, e.data, e.out)])[1],

@@ -55,10 +55,10 @@ def test_adapter_from_other_base_on_cli(tmp_path, task, saved_model, capsys):
     adapter = json.loads(out[out.index("{"):])["adapter"]
     sidecar = tmp_path / "out" / "t" / "final" / "softprompt.json"
     meta = json.loads(sidecar.read_text())
-    meta["base_model"] = saved_model("gpt2")  # same hidden size, other weights
+    meta["base_model"] = saved_model("gpt2")  # same hidden size, another architecture
     sidecar.write_text(json.dumps(meta))
     code, _, err = cli(["generate", adapter, "apple ="], capsys)
-    assert code == 2 and "was trained on base model" in err
+    assert code == 2 and "was trained on a llama base" in err and "this base is a gpt2" in err
 
 
 def test_export_from_checkpoint_matches_training_state(tmp_path, task, saved_model, capsys):

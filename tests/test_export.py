@@ -1,6 +1,7 @@
 """Adapters: PEFT loads our export and reproduces our logits; wrong bases are refused; round trips."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,30 +15,39 @@ from softprompt.layers.inits import initial_prompt
 from softprompt.model import SoftPromptModel
 
 
-def trained_like(family, tokenizer, path, seed=0):
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+def auto_class(family):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
-    auto = AutoModelForSeq2SeqLM if family == "t5" else AutoModelForCausalLM
-    base = auto.from_pretrained(path)
+    return {"t5": AutoModelForSeq2SeqLM, "bart": AutoModelForSeq2SeqLM, "bert": AutoModelForMaskedLM,
+            "roberta": AutoModelForMaskedLM}.get(family, AutoModelForCausalLM)
+
+
+def trained_like(family, tokenizer, path, seed=0):
+    base = auto_class(family).from_pretrained(path)
     prompt = initial_prompt(PromptConfig(num_virtual_tokens=5), base.get_input_embeddings().weight, tokenizer, seed) + 0.3 * torch.randn(5, 32)
     return SoftPromptModel(base, PromptEmbedding(prompt), tokenizer, base_config=path)
 
 
-def test_peft_loads_export_and_reproduces_logits(saved_model, tokenizer, tmp_path):
+@pytest.mark.parametrize("family, task", [("llama", "CAUSAL_LM"), ("gpt2", "CAUSAL_LM"), ("bert", "FEATURE_EXTRACTION"),
+                                          ("roberta", "FEATURE_EXTRACTION")])
+def test_peft_loads_export_and_reproduces_logits(saved_model, tokenizer, tmp_path, family, task):
+    """Decoders unpadded (PEFT gives no position ids, so a left-padded row would differ in PEFT itself);
+    encoders on a right-padded batch, PEFT's own layout [prompt; tokens; pads]."""
     import peft
-    from transformers import AutoModelForCausalLM
 
-    path = saved_model("llama")
-    ours = trained_like("llama", tokenizer, path)
+    path = saved_model(family)
+    ours = trained_like(family, tokenizer, path).eval()
     out = ours.save_adapter(tmp_path / "adapter")
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["peft_type"] == "PROMPT_TUNING" and cfg["num_transformer_submodules"] == 1
-    pm = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path), str(out)).eval()
-    ids = torch.tensor([tokenizer("the cat sat on the mat")["input_ids"]])
+    assert cfg["peft_type"] == "PROMPT_TUNING" and cfg["num_transformer_submodules"] == 1 and cfg["task_type"] == task
+    pm = peft.PeftModel.from_pretrained(auto_class(family).from_pretrained(path), str(out)).eval()
+    texts = ["the cat sat on the mat"] if task == "CAUSAL_LM" else ["the cat sat on the mat", "a dog"]
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
-        theirs = pm(input_ids=ids).logits[:, 5:]  # PEFT returns virtual positions too
-        mine = ours(ids).logits
-    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+        theirs = pm(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, 5:]  # PEFT keeps p rows
+        mine = ours(enc["input_ids"], enc["attention_mask"]).logits
+    real = enc["attention_mask"].bool()  # pads' outputs are nobody's business
+    torch.testing.assert_close(mine[real], theirs[real], atol=1e-5, rtol=1e-4)
 
 
 def test_round_trip_and_serving_bundle(saved_model, tokenizer, tmp_path):
@@ -83,16 +93,49 @@ def _wider(vocab: int):
                                                         num_attention_heads=4, vocab_size=vocab))
 
 
+def _other_architecture(path: str, vocab: int):
+    """A Mistral of the Llama's shapes holding the Llama's very embedding table: only the architecture differs."""
+    from transformers import AutoModelForCausalLM
+
+    other = build_model("mistral", vocab)
+    other.get_input_embeddings().weight.data.copy_(AutoModelForCausalLM.from_pretrained(path).get_input_embeddings().weight)
+    return other
+
+
+def _as_cached(name: str):
+    """The same Llama weights, as transformers leaves a hub id loaded from the local cache (`_name_or_path`)."""
+    def load(path: str, vocab: int):
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(path)
+        base.config._name_or_path = f"/root/.cache/huggingface/hub/models--{name.replace('/', '--')}/snapshots/0a1b"
+        return base
+    return load
+
+
+HUB_ID = "org/llama-base"  # what the adapter records as its base
+
+
 @pytest.mark.parametrize("other, message", [
     (lambda path, n: build_model("llama", n, seed=123), "was trained on base model"),  # same shapes, other weights
     (lambda path, n: _resized(path, n + 8), r"trained on a base with \d+ embedding rows and this base has"),
     (lambda path, n: _wider(n), "the adapter's token_dim is 32 but the base's hidden size is 48"),
+    (_other_architecture, "was trained on a llama base .* and this base is a mistral"),
+    (_as_cached("org/llama-chat"), "was trained on hub model 'org/llama-base' and this base is 'org/llama-chat'"),
+    (_as_cached(HUB_ID), None),  # the same hub model from the cache: accepted
+    (lambda path, n: _as_cached(HUB_ID)(path, n).to(torch.bfloat16), None),  # another dtype of it: accepted
 ])
 def test_adapter_from_another_base_is_refused(saved_model, tokenizer, tmp_path, other, message):
-    ours = trained_like("llama", tokenizer, saved_model("llama"))
+    path = saved_model("llama")
+    ours = trained_like("llama", tokenizer, path)
+    ours.base_config = replace(ours.base_config, name_or_path=HUB_ID)
     out = ours.save_adapter(tmp_path / "adapter")
+    base = other(path, len(tokenizer))
+    if message is None:
+        assert SoftPromptModel.from_adapter(out, base=base, tokenizer=tokenizer).base is base
+        return
     with pytest.raises(SoftPromptError, match=message):
-        SoftPromptModel.from_adapter(out, base=other(saved_model("llama"), len(tokenizer)), tokenizer=tokenizer)
+        SoftPromptModel.from_adapter(out, base=base, tokenizer=tokenizer)
     with pytest.raises(SoftPromptError, match="not an adapter dir"):
         SoftPromptModel.from_adapter(tmp_path)
 
@@ -220,3 +263,57 @@ def test_a_local_base_is_recorded_for_peft_as_an_absolute_path(saved_model, toke
     out = ours.save_adapter(tmp_path / "adapter")
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(Path(path).resolve())
     assert json.loads((out / "softprompt.json").read_text())["base_model"] == Path(path).name
+
+
+# Continuing training from an adapter (prompt.init: file with an adapter dir)
+
+
+def _continue(model_dir, adapter_dir, tmp_path, **extra):
+    from helpers import overrides, write_task
+    from softprompt import load_config, train
+
+    values = {"prompt.init": "file", "prompt.init_file": str(adapter_dir), "optim.lr": 0.0, "optim.weight_decay": 0.0,
+              "train.max_steps": 1, "train.eval_every": 1, "train.save_every": 1, **extra}
+    return train(load_config(None, overrides(model_dir, write_task(tmp_path / "data"), tmp_path / "out", **values)))
+
+
+def test_training_continues_from_a_peft_seq2seq_adapter(saved_model, tmp_path):
+    import peft
+    from transformers import AutoModelForSeq2SeqLM
+
+    pm = peft.get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(saved_model("t5")),
+                             peft.PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4))
+    with torch.no_grad():
+        pm.prompt_encoder["default"].embedding.weight.normal_(generator=torch.Generator().manual_seed(0))
+    pm.save_pretrained(str(tmp_path / "peft"))
+    result = _continue(saved_model("t5"), tmp_path / "peft", tmp_path)  # lr 0: the start is what final/ holds
+    assert torch.equal(result.model.prompt.prompt.detach(), pm.prompt_encoder["default"].embedding.weight[:4].detach())
+    trained = _continue(saved_model("t5"), tmp_path / "peft", tmp_path / "b", **{"optim.lr": 0.1})
+    assert not torch.equal(trained.model.prompt.prompt, result.model.prompt.prompt)  # and it trains on from there
+
+
+def test_training_continues_from_an_official_dept_checkpoint(saved_model, tmp_path):
+    from test_dept import write_official
+
+    path, state = write_official(tmp_path / "official", saved_model("llama"), "CAUSAL_LM", alpha=5)
+    dept = {"method": "dept", "prompt.rank": 3, "prompt.max_length": 12, "prompt.alpha": 5.0, "prompt.fixed_length": True,
+            "data.max_length": 12, "data.max_target_length": 4, "prompt.offset_lr": 0.0}
+    result = _continue(saved_model("llama"), path, tmp_path, **dept)
+    offset = result.model.prompt.offset
+    assert torch.equal(offset.A.detach(), state["prompt_encoder.lora_embedding_A"])
+    assert torch.equal(offset.B.detach(), state["prompt_encoder.lora_embedding_B"])
+    with pytest.raises(SoftPromptError, match=r"its prompt was built otherwise than the recipe's .*'offset.alpha': \(5.0, 8.0\)"):
+        _continue(saved_model("llama"), path, tmp_path / "b", **{**dept, "prompt.alpha": 8.0})
+    assert not (tmp_path / "b" / "out").exists()
+
+
+def test_an_adapter_whose_parts_the_recipe_lacks_is_refused(saved_model, tokenizer, tmp_path):
+    from softprompt.score_head import ScoreHead
+
+    ours = trained_like("llama", tokenizer, saved_model("llama"))
+    ours.head = ScoreHead(32, 3)
+    ours.save_adapter(tmp_path / "adapter")
+    with pytest.raises(SoftPromptError, match="holds a score head and the recipe builds none"):
+        _continue(saved_model("llama"), tmp_path / "adapter", tmp_path, **{"prompt.num_virtual_tokens": 5})
+    with pytest.raises(SoftPromptError, match="prompt.init_file: .*not an adapter dir"):
+        _continue(saved_model("llama"), tmp_path / "data", tmp_path / "b")  # a dir, and no adapter in it

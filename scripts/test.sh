@@ -21,7 +21,7 @@ fi
 bash scripts/setup.sh test lowest
 echo "== lowest versions: parity-critical tests (+ one run through the trackers and the curves plot)"
 .venv-lowest/bin/python -m pytest -q -p no:cacheprovider tests/test_shared_prefix.py tests/test_cached_generate.py \
-  tests/test_export.py tests/test_dept.py tests/test_compat.py tests/test_components.py tests/test_train.py::test_run_dir_outputs \
+  tests/test_export.py tests/test_score_head.py tests/test_dept.py tests/test_compat.py tests/test_components.py tests/test_train.py::test_run_dir_outputs \
   tests/test_train.py::test_trackers_wandb_offline_and_tensorboard \
   tests/test_idp.py::test_attention_scores_equal_eager_attention_maps tests/test_idp.py::test_selection_follows_the_prompts_not_the_bank_order \
   tests/test_idp.py::test_dept_entries_generate_offsets_new_tokens_per_row tests/test_model_card.py tests/test_serving.py

@@ -38,7 +38,7 @@ class PromptConfig:
     init_range: float = 0.5
     init_text: str | None = None
     init_labels: tuple[str, ...] = ()
-    init_file: str | None = None  # a .safetensors/.pt tensor (p, d) or an adapter dir
+    init_file: str | None = None  # a .safetensors/.pt tensor (p, d), or an adapter dir: all it holds (build.continue_from)
     vocab_top_k: int = 5000
     seed: int | None = None  # init seed; None uses train.seed
     kernel: str = "auto"  # auto | torch | triton (the fused kernel, where available)

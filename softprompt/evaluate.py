@@ -12,12 +12,10 @@ def normalise(text: str) -> str:
     return " ".join(text.strip().split())
 
 
-@torch.no_grad()
-def exact_match(model, items: list[dict], batch_size: int, max_new_tokens: int) -> dict[str, float]:
-    """Share of rows whose greedy continuation (up to eos) equals the target, whitespace-normalised."""
-    predictions = generate_texts(model, items, batch_size, max_new_tokens)
-    hits = sum(normalise(p) == normalise(it["target_text"]) for p, it in zip(predictions, items))
-    return {"eval_accuracy": hits / max(len(items), 1)}
+def accuracy(predictions: list[str], items: list[dict]) -> float:
+    """Share of rows whose prediction equals the target text, whitespace-normalised."""
+    hits = sum(normalise(p) == normalise(it["target_text"]) for p, it in zip(predictions, items, strict=True))
+    return hits / max(len(items), 1)
 
 
 @torch.no_grad()

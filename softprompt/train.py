@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 
 from softprompt.checkpoint import load_checkpoint, load_trainable_state, read_meta, save_checkpoint, trainable_state
+from softprompt import sharded_eval
 from softprompt.build import build_model, build_objective, complete_config, param_groups
 from softprompt.config import Config, from_dict, to_dict
 from softprompt.data import BatchStream, load_splits
@@ -150,11 +151,13 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
 
     # what an eval line prints (metrics.jsonl keeps everything): an objective may name a short list
     shown = [*(getattr(objective, "shown_metrics", None) or objective.metric_names()), tc.metric]
+    def evaluate(rows: list[dict]) -> dict[str, float]:  # every process scores its shard of the rows
+        return sharded_eval.evaluate(objective, model, rows, tc.eval_batch_size, accelerator)
+
     if loop["step"] == 0 and eval_items:
-        loop["before"] = objective.evaluate(model, eval_items, tc.eval_batch_size)
+        loop["before"] = evaluate(eval_items)
         if "test" in items:  # the held-out numbers a user compares the final adapter against
-            loop["before"].update({k.replace("eval_", "test_"): v
-                                   for k, v in objective.evaluate(model, items["test"], tc.eval_batch_size).items()})
+            loop["before"].update({k.replace("eval_", "test_"): v for k, v in evaluate(items["test"]).items()})
         record(loop["before"], 0)
         accelerator.print("before training: " + metrics_text(loop["before"], shown))
 
@@ -198,7 +201,7 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
         window_start = time.perf_counter()
 
         if eval_items and (step % tc.eval_every == 0 or step == tc.max_steps):
-            metrics = objective.evaluate(model, eval_items, tc.eval_batch_size)
+            metrics = evaluate(eval_items)
             record(metrics, step)
             loop["last_metrics"] = dict(metrics)
             stop = update_best(loop, metrics, model, tc, step, objective)
@@ -229,16 +232,17 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     if state is not None:
         load_trainable_state(model, state)
     model.run_config = to_dict(cfg)  # what classify_texts reads the labels and template from
-    if eval_items and hasattr(objective, "fit_decision"):  # the decision rule for final/'s adapter, fitted on
-        model.decision = objective.fit_decision(model, eval_items, tc.eval_batch_size)  # the eval split
+    if eval_items and hasattr(objective, "fit_decision") and hasattr(objective, "eval_parts"):  # the decision rule for final/'s adapter, fitted on
+        parts = sharded_eval.parts(objective, model, eval_items, tc.eval_batch_size, accelerator)  # the eval split
+        model.decision = objective.fit_decision(parts, eval_items)
         objective.use_decision(model.decision)
         if model.decision is not None:  # what the fitted rule scores on the split it was fitted on (optimistic)
-            tuned = objective.evaluate(model, eval_items, tc.eval_batch_size)
+            tuned = objective.eval_metrics(parts, eval_items)
             final_metrics = {**final_metrics, **{k: v for k, v in tuned.items() if k not in final_metrics}}
     result = RunResult(run_dir, run_dir / "final", loop["step"], n_params, loop["before"], dict(final_metrics),
                        source_step=source_step, chosen_by=chosen_by(loop, tc))
     if "test" in items:
-        result.test = {k.replace("eval_", "test_"): v for k, v in objective.evaluate(model, items["test"], tc.eval_batch_size).items()}
+        result.test = {k.replace("eval_", "test_"): v for k, v in evaluate(items["test"]).items()}
         record(result.test, loop["step"])
     if main:
         # steps: how far the run trained; source_step: the step whose adapter final/ holds (the best eval's

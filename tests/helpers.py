@@ -26,4 +26,4 @@ def overrides(model_dir: str, data_dir: Path, out_dir: Path, **extra) -> list[st
         "prompt.num_virtual_tokens": 4, "optim.lr": 0.1, "objective.max_new_tokens": 3,
     }
     base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return [f"{k}={v}" for k, v in base.items() if v is not None]  # None: leave the key out

@@ -11,6 +11,8 @@ from typing import Protocol
 
 import torch
 
+from softprompt.sharded_eval import EvalParts
+
 
 class Objective(Protocol):
     uses_head: bool  # True: the model runs the base's body and a trainable head (never the LM head)
@@ -35,11 +37,18 @@ class Objective(Protocol):
 
     def greater_is_better(self, metric: str) -> bool: ...
 
+    # Evaluation in two steps, so processes can share it (sharded_eval.py): eval_parts runs the model over
+    # some rows (additive sums and per-row results), eval_metrics turns the parts of all rows into metrics;
+    # evaluate is the two in one process.
+    def eval_parts(self, model, items: list[dict], batch_size: int) -> EvalParts: ...
+
+    def eval_metrics(self, parts: EvalParts, items: list[dict]) -> dict[str, float]: ...
+
     def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]: ...
 
     # Optional (an objective without them fits nothing): a decision rule fitted on the eval split after
-    # training (PTEC's per-label thresholds), saved in the adapter's sidecar as "decision" and given back
-    # to use_decision by `softprompt eval`; fit_decision returns None where there is nothing to fit.
-    def fit_decision(self, model, items: list[dict], batch_size: int) -> dict | None: ...
+    # training (PTEC's per-label thresholds) from its eval_parts, saved in the adapter's sidecar as "decision"
+    # and given back to use_decision by `softprompt eval`; fit_decision returns None where there is nothing to fit.
+    def fit_decision(self, parts: EvalParts, items: list[dict]) -> dict | None: ...
 
     def use_decision(self, decision: dict | None) -> None: ...

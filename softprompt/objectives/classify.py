@@ -34,6 +34,7 @@ from softprompt.data.loading import limited
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.objectives import label_data
 from softprompt.objectives.label_data import LABEL_FORMATS
+from softprompt.sharded_eval import EvalParts
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,13 @@ class Classification:
     def predict(self, model, items: list[dict], batch_size: int) -> tuple[np.ndarray, np.ndarray, float]:
         """(scores (N, L): probabilities, decisions (N, L) 0/1 at the fixed threshold, unweighted loss per
         unit) over `items`."""
+        parts = self.eval_parts(model, items, batch_size)
+        scores = self.scores_of(parts)
+        return scores, self.decide(scores, self.cfg.threshold), parts.sums["loss"] / max(parts.sums["units"], 1)
+
+    @torch.no_grad()
+    def eval_parts(self, model, items: list[dict], batch_size: int) -> EvalParts:
+        """The summed unweighted loss and its unit count; each row's probabilities (L,)."""
         was_training = model.training
         model.eval()
         probs, total, count = [], 0.0, 0
@@ -156,8 +164,13 @@ class Classification:
                 probs.append(torch.softmax(scores, -1).cpu())
             count += target.numel()
         model.train(was_training)
-        scores = torch.cat(probs).numpy()
-        return scores, self.decide(scores, self.cfg.threshold), total / max(count, 1)
+        rows = [row for chunk in probs for row in chunk.numpy()]  # (L,) each
+        return EvalParts({"loss": total, "units": count}, {"scores": rows})
+
+    def scores_of(self, parts: EvalParts) -> np.ndarray:
+        """(N, L) probabilities of the rows `parts` holds."""
+        rows = parts.rows.get("scores") or []
+        return np.stack(rows) if rows else np.zeros((0, len(self.cfg.labels)), dtype=np.float32)
 
     def decide(self, scores: np.ndarray, thresholds) -> np.ndarray:
         """(N, L) 0/1: multi-label, score > its label's threshold (a float or (L,)); multi-class, the argmax."""
@@ -170,10 +183,14 @@ class Classification:
         return targets.astype(int) if self.cfg.multi_label else np.eye(len(self.cfg.labels), dtype=int)[targets]
 
     def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]:
+        return self.eval_metrics(self.eval_parts(model, items, batch_size), items)
+
+    def eval_metrics(self, parts: EvalParts, items: list[dict]) -> dict[str, float]:
         """metric_names() at the fixed threshold; with fitted thresholds (use_decision), also eval_tuned_*."""
         from softprompt.objectives.label_metrics import label_metrics
 
-        scores, decisions, loss = self.predict(model, items, batch_size)
+        scores = self.scores_of(parts)
+        decisions, loss = self.decide(scores, self.cfg.threshold), parts.sums["loss"] / max(parts.sums["units"], 1)
         gold = self.gold(items)
         metrics = {"eval_loss": loss, **label_metrics(gold, decisions, scores)}
         if self.tuned is not None:
@@ -183,14 +200,14 @@ class Classification:
 
     # -- the decision rule saved with the adapter ------------------------------------------------------
 
-    def fit_decision(self, model, items: list[dict], batch_size: int) -> dict | None:
-        """Per-label thresholds maximising each label's F1 on `items` (the eval split), as the adapter
-        sidecar's "decision" (None: nothing to fit, multi-class or tune_thresholds off)."""
+    def fit_decision(self, parts: EvalParts, items: list[dict]) -> dict | None:
+        """Per-label thresholds maximising each label's F1 on `items` (the eval split; `parts`: their
+        eval_parts), as the adapter sidecar's "decision" (None: nothing to fit, multi-class or tune_thresholds off)."""
         from softprompt.objectives.thresholds import tune_thresholds
 
         if not (self.cfg.multi_label and self.cfg.tune_thresholds):
             return None
-        scores, _, _ = self.predict(model, items, batch_size)
+        scores = self.scores_of(parts)
         tuned = tune_thresholds(self.gold(items), scores, self.cfg.threshold)
         return {"thresholds": dict(zip(self.cfg.labels, tuned.tolist())), "fitted_on_rows": len(items),
                 "rule": "per-label max F1 on the eval split"}

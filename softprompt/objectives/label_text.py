@@ -38,6 +38,7 @@ from softprompt.objectives.label_metrics import AVERAGES
 from softprompt.objectives.label_trie import (LabelTokens, LabelTrie, TrieLogitsProcessor, labels_from_tokenizer,
                                               parse_labels)
 from softprompt.objectives.lm import scored_targets
+from softprompt.sharded_eval import EvalParts
 
 log = logging.getLogger(__name__)
 
@@ -258,23 +259,35 @@ class LabelText:
         return not any(word in metric for word in ("loss", "invalid"))
 
     def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]:
+        return self.eval_metrics(self.eval_parts(model, items, batch_size), items)
+
+    def eval_parts(self, model, items: list[dict], batch_size: int) -> EvalParts:
+        """Each row's decoded label list, and the rows' summed mean target-token CE."""
+        decoded = self.decode(model, [it["source_ids"] for it in items], batch_size)
+        return EvalParts({"loss": self.row_loss_sum(model, items, batch_size), "rows": len(items)}, {"decoded": decoded})
+
+    def eval_metrics(self, parts: EvalParts, items: list[dict]) -> dict[str, float]:
         from softprompt.objectives.label_metrics import label_metrics
 
-        decoded = self.decode(model, [it["source_ids"] for it in items], batch_size)
+        decoded = parts.rows["decoded"]
         position = {name: j for j, name in enumerate(self.cfg.labels)}
         decisions = np.zeros((len(items), len(self.cfg.labels)), dtype=int)  # (N, L)
         for row, d in enumerate(decoded):
             decisions[row, [position[name] for name in d.labels]] = 1
-        metrics = {"eval_loss": self.eval_loss(model, items, batch_size)}
+        metrics = {"eval_loss": parts.sums["loss"] / max(parts.sums["rows"], 1)}
         metrics.update(label_metrics(np.array([it["target"] for it in items]), decisions))  # no scores: no ranking
         # an invalid output: a piece that is no label or repeats one, or no EOS within max_new_tokens
         metrics["eval_invalid_rate"] = float(np.mean([d.invalid > 0 or not d.finished for d in decoded]))
         metrics["eval_invalid_labels"] = float(np.mean([d.invalid for d in decoded]))
         return metrics
 
-    @torch.no_grad()
     def eval_loss(self, model, items: list[dict], batch_size: int) -> float:
         """The rows' mean target-token CE, averaged over rows, unweighted (comparable across train splits)."""
+        return self.row_loss_sum(model, items, batch_size) / max(len(items), 1)
+
+    @torch.no_grad()
+    def row_loss_sum(self, model, items: list[dict], batch_size: int) -> float:
+        """The sum over rows of each row's mean target-token CE."""
         was_training = model.training
         model.eval()
         total = 0.0
@@ -282,7 +295,7 @@ class LabelText:
             batch = self.collate(items[start:start + batch_size], model.tokenizer.pad_token_id, model.kind)
             total += row_losses(model, {k: v.to(model.device) for k, v in batch.items()}).sum().item()
         model.train(was_training)
-        return total / max(len(items), 1)
+        return total
 
     @torch.no_grad()
     def decode(self, model, sources: list[list[int]], batch_size: int) -> list[Decoded]:

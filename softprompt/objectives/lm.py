@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from softprompt.data import collate, encode_rows
 from softprompt.errors import SoftPromptError
+from softprompt.sharded_eval import EvalParts
 
 
 @dataclass(frozen=True)
@@ -95,16 +96,13 @@ class TextToText:
         return not any(word in metric.lower() for word in ("loss", "ppl", "perplexity"))  # accuracy: higher
 
     def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]:
-        from softprompt.evaluate import exact_match
-
-        metrics = self.eval_loss(model, items, batch_size)
-        if self.cfg.generate_eval:
-            metrics.update(exact_match(model, items, batch_size, self.cfg.max_new_tokens))
-        return metrics
+        return self.eval_metrics(self.eval_parts(model, items, batch_size), items)
 
     @torch.no_grad()
-    def eval_loss(self, model, items: list[dict], batch_size: int) -> dict[str, float]:
-        """Token-weighted loss over `items` and its perplexity."""
+    def eval_parts(self, model, items: list[dict], batch_size: int) -> EvalParts:
+        """Summed target-token loss and its token count; each row's greedy continuation (generate_eval)."""
+        from softprompt.evaluate import generate_texts
+
         total, count = 0.0, 0
         was_training = model.training
         model.eval()
@@ -114,8 +112,18 @@ class TextToText:
             total += self.loss(model, batch).item()
             count += int(self.weight(batch, model.kind))
         model.train(was_training)
-        loss = total / max(count, 1)
-        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+        rows = {"prediction": generate_texts(model, items, batch_size, self.cfg.max_new_tokens)} if self.cfg.generate_eval else {}
+        return EvalParts({"loss": total, "tokens": count}, rows)
+
+    def eval_metrics(self, parts: EvalParts, items: list[dict]) -> dict[str, float]:
+        """Token-weighted loss and its perplexity; exact-match accuracy of the continuations."""
+        from softprompt.evaluate import accuracy
+
+        loss = parts.sums["loss"] / max(parts.sums["tokens"], 1)
+        metrics = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+        if self.cfg.generate_eval:
+            metrics["eval_accuracy"] = accuracy(parts.rows["prediction"], items)
+        return metrics
 
 
 def build(cfg: LMConfig) -> TextToText:

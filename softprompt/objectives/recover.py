@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from softprompt.data.loading import limited
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.objectives.lm import scored_targets
+from softprompt.sharded_eval import EvalParts
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,13 @@ def perplexity(logits_fn, items: list[dict], batch_size: int, device, read: int 
     """Token-weighted NLL and perplexity of `logits_fn(input_ids, attention_mask) -> (B, L, V)` over the blocks
     `items`, scoring tokens 2..L of each block (the protocol of the module docstring), with their count; tokens
     1..`read` (what a selector read to choose the prompt) are not scored either."""
+    total, count = nll_sum(logits_fn, items, batch_size, device, read)
+    nll = total / max(count, 1)
+    return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), "tokens": count}
+
+
+def nll_sum(logits_fn, items: list[dict], batch_size: int, device, read: int = 0) -> tuple[float, int]:
+    """(summed NLL, scored tokens) over `items`: what `perplexity` divides (shards of rows add up)."""
     total, count = 0.0, 0
     for start in range(0, len(items), batch_size):
         batch = {k: v.to(device) for k, v in collate_blocks(items[start:start + batch_size]).items()}
@@ -162,8 +170,7 @@ def perplexity(logits_fn, items: list[dict], batch_size: int, device, read: int 
         logits = logits_fn(batch["input_ids"], batch["attention_mask"])  # (B, L, V)
         total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum").item()
         count += int((targets != -100).sum())
-    nll = total / max(count, 1)
-    return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), "tokens": count}
+    return total, count
 
 
 class Teacher:
@@ -262,21 +269,33 @@ class Recover:
         return False  # loss, perplexity and KL alike
 
     def evaluate(self, model, items: list[dict], batch_size: int) -> dict[str, float]:
+        return self.eval_metrics(self.eval_parts(model, items, batch_size), items)
+
+    @torch.no_grad()
+    def eval_parts(self, model, items: list[dict], batch_size: int) -> EvalParts:
+        """Summed NLL over the scored tokens and their count; with a teacher, the summed KD and its count."""
         was_training = model.training
         model.eval()
         try:
             logits = lambda ids, mask: model(ids, mask, right_padded=True).logits  # noqa: E731
-            result = perplexity(logits, items, batch_size, model.device, read=selection_reads(model))
-            metrics = {"eval_loss": result["nll"], "eval_ppl": result["ppl"]}
+            total, count = nll_sum(logits, items, batch_size, model.device, read=selection_reads(model))
+            sums = {"nll": total, "tokens": count}
             if self.teacher is not None:
-                metrics["eval_kd"] = self.eval_kd(model, items, batch_size)
+                sums["kd"], sums["kd_tokens"] = self.kd_sum(model, items, batch_size)
         finally:
             model.train(was_training)
+        return EvalParts(sums)
+
+    def eval_metrics(self, parts: EvalParts, items: list[dict]) -> dict[str, float]:
+        nll = parts.sums["nll"] / max(parts.sums["tokens"], 1)
+        metrics = {"eval_loss": nll, "eval_ppl": math.exp(min(nll, 50.0))}
+        if self.teacher is not None:
+            metrics["eval_kd"] = parts.sums["kd"] / max(parts.sums["kd_tokens"], 1)
         return metrics
 
     @torch.no_grad()
-    def eval_kd(self, model, items: list[dict], batch_size: int) -> float:
-        """Per-token T^2 * KL to the teacher over the scored positions of `items`."""
+    def kd_sum(self, model, items: list[dict], batch_size: int) -> tuple[float, int]:
+        """(summed T^2 * KL to the teacher, scored positions) over `items`."""
         total, count = 0.0, 0
         for start in range(0, len(items), batch_size):
             batch = {k: v.to(model.device) for k, v in collate_blocks(items[start:start + batch_size]).items()}
@@ -284,7 +303,7 @@ class Recover:
             logits = model(batch["input_ids"], batch["attention_mask"], right_padded=True).logits
             total += float(self.distill(logits, batch, scored))
             count += int(scored.sum())
-        return total / max(count, 1)
+        return total, count
 
 
 def build(cfg: RecoverConfig) -> Recover:

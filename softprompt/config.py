@@ -96,6 +96,10 @@ class TrainConfig:
     greater_is_better: bool | None = None  # None: the objective's rule (losses and perplexity: lower is better)
     keep_best: bool = True  # final/ holds the best adapter by `metric`, else the last
     early_stopping_patience: int | None = None  # evals without improvement before stopping
+    # A step whose loss or gradient is not finite (NaN/inf) is skipped: no optimizer or schedule step, counted
+    # in the logs as `nonfinite_steps`; after this many in all, the run stops with an error (0: at the first).
+    # Under fp16 the loss scaler skips overflowing steps itself (`loss_scale` in the logs); those do not count.
+    max_nonfinite_steps: int = 10
     # Extra loggers through accelerate (wandb: offline without an API key; tensorboard); none unless asked for.
     # metrics.jsonl and curves.png are always written in the run dir.
     trackers: tuple[str, ...] = ()
@@ -381,7 +385,7 @@ POSITIVE = (
     "optim.eps", "optim.max_grad_norm", "train.keep_checkpoints",
     "data.max_train_samples", "data.max_eval_samples", "train.early_stopping_patience",
 )
-NON_NEGATIVE = ("optim.lr", "optim.weight_decay", "optim.warmup_steps")
+NON_NEGATIVE = ("optim.lr", "optim.weight_decay", "optim.warmup_steps", "train.max_nonfinite_steps")
 HINTS = {
     "optim.max_grad_norm": "; set it to null to turn clipping off",
     "data.max_train_samples": "; set it to null to use every row",

@@ -28,7 +28,8 @@ from typing import Callable
 
 import torch
 
-from softprompt.checkpoint import load_checkpoint, load_trainable_state, read_meta, save_checkpoint, trainable_state
+from softprompt.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable_state, read_meta, save_checkpoint,
+                                   trainable_state)
 from softprompt import sharded_eval
 from softprompt.build import build_model, build_objective, complete_config, param_groups
 from softprompt.config import Config, from_dict, to_dict
@@ -66,7 +67,7 @@ def train(cfg: Config, resume: bool | str | Path = False, overwrite: bool = Fals
     A new run into a run dir that already holds one (checkpoints, final/, metrics.jsonl) is refused unless
     `overwrite`, which replaces it; with `resume`, `overwrite` lets a resume from an earlier checkpoint
     drop the later ones. While it runs, SIGTERM checkpoints after the current optimizer step and exits
-    with 143 (see `sigterm_flag`). `on_accepted` is called once every input check has passed, just before
+    with 0 and one line (see `sigterm_flag`). `on_accepted` is called once every input check has passed, just before
     the run dir is written (the CLI prints the warnings it held back until then)."""
     with sigterm_flag() as term:
         return _train(cfg, resume, overwrite, term, on_accepted or (lambda: None))
@@ -114,7 +115,7 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     # stopped: None while training, then "early_stopping" or "max_steps" (saved with the last checkpoint);
     # last_metrics: the latest eval, which describes the last step's adapter (an eval runs at the last step)
     loop = {"step": 0, "position": 0, "best_value": None, "best_metrics": {}, "best_state": None, "best_step": None,
-            "bad_evals": 0, "before": {}, "history": [], "last_metrics": {}, "stopped": None}
+            "bad_evals": 0, "before": {}, "history": [], "last_metrics": {}, "stopped": None, "nonfinite": 0}
     if ckpt is not None:
         loop.update(load_checkpoint(ckpt, model, optimizer, scheduler))
         on_accepted()  # the last input check (a damaged checkpoint) has passed
@@ -180,6 +181,20 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
                 accelerator.backward(loss_sum * (world / total))
             loss_total += loss_sum.detach()
         grad_norm = accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm else None
+        if not finite_step(accelerator, loss_total, trainable):
+            optimizer.zero_grad(set_to_none=True)  # nothing of this step reaches the prompt, the moments or the schedule
+            loop["nonfinite"] += 1
+            record({"nonfinite_steps": loop["nonfinite"]}, loop["step"])
+            say(f"after step {loop['step']}: a non-finite loss or gradient; step skipped "
+                f"({loop['nonfinite']} of at most {tc.max_nonfinite_steps})")
+            if loop["nonfinite"] > tc.max_nonfinite_steps:
+                raise SoftPromptError(
+                    f"train: {loop['nonfinite']} steps had a non-finite loss or gradient (train.max_nonfinite_steps is "
+                    f"{tc.max_nonfinite_steps}), the last after step {loop['step']}; lower optim.lr, keep "
+                    "optim.max_grad_norm set, prefer bf16 to fp16, or check the data; "
+                    + (f"{latest.name} is the last checkpoint" if (latest := latest_checkpoint(run_dir)) else
+                       "no checkpoint was written"))
+            continue
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -196,6 +211,8 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
             values = {"train_loss": train_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(elapsed, 1e-9)}
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm)
+            if accelerator.scaler is not None:  # fp16: the loss scale, which halves on every overflowing step
+                values["loss_scale"] = float(accelerator.scaler.get_scale())
             record(values, step)
             progress.set_postfix(loss=f"{train_loss:.4f}")
         window_start = time.perf_counter()
@@ -224,7 +241,9 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
             saved = run_dir / f"step_{step:06d}"
             accelerator.print(f"SIGTERM: saved checkpoint {saved} after step {step}; continue with --resume")
             accelerator.end_training()
-            raise SystemExit(143)  # 128 + SIGTERM, what a shell reports for a process the signal ended
+            # 0: the run stopped where it was asked to, with nothing lost (schedulers read a non-zero exit of a
+            # preempted job as a failure); the one line above says where to resume
+            raise SystemExit(0)
     progress.close()
 
     # the adapter users get (best by the chosen metric, or the last), described by its own metrics
@@ -303,6 +322,20 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def finite_step(accelerator, loss: torch.Tensor, params: list) -> bool:
+    """Whether this step's loss (every process's) and gradients are finite. Under fp16 the gradients are the
+    loss scaler's to judge (it skips an overflowing step and lowers the scale), so only the loss is checked."""
+    bad = ~torch.isfinite(loss)
+    if accelerator.scaler is None:
+        for p in params:
+            if p.grad is not None:
+                bad = bad | ~torch.isfinite(p.grad).all()
+    bad = bad.float()
+    if accelerator.num_processes > 1:  # every process must skip the same steps
+        bad = accelerator.reduce(bad, reduction="sum")
+    return not bool(bad.item())
+
+
 @contextlib.contextmanager
 def sigterm_flag():
     """SIGTERM (a scheduler's preemption, `kill`) sets a flag instead of ending the process, so the loop
@@ -325,7 +358,7 @@ def sigterm_flag():
 RESUMABLE = frozenset({
     "train.output_dir", "train.run_name", "train.max_steps", "train.eval_every", "train.save_every",
     "train.log_every", "train.keep_checkpoints", "train.progress_bar", "train.trackers",
-    "train.early_stopping_patience", "train.eval_batch_size", "train.keep_best",
+    "train.early_stopping_patience", "train.eval_batch_size", "train.keep_best", "train.max_nonfinite_steps",
     # the prompt's starting point: the checkpoint's prompt replaces it on resume
     "prompt.init", "prompt.init_labels", "prompt.init_text", "prompt.init_file", "prompt.init_range",
     "prompt.vocab_top_k", "prompt.seed",

@@ -321,3 +321,21 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(saved_model, task,
     assert [h["nonfinite_steps"] for h in logged if "nonfinite_steps" in h] == [1, 2, 3]
     assert not any("train_loss" in h for h in logged)  # no step was taken
     assert list_checkpoints(tmp_path / "out" / "t") == [] and not (tmp_path / "out" / "t" / "final").exists()
+
+
+# 10. secrets stay out of everything a run writes
+
+
+@pytest.mark.slow
+def test_secrets_in_the_environment_are_written_nowhere(saved_model, task, tmp_path, monkeypatch):
+    """A wandb key and a hub token in the environment (how users hold them) appear in no file the run writes:
+    config, metrics, checkpoints, adapter, model card, the trackers' own files."""
+    secrets = {"WANDB_API_KEY": "wandb-secret-" + "7f3a" * 8, "HF_TOKEN": "hf_secret" + "Q9zK" * 8}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run(saved_model, task, tmp_path / "out", **{"train.trackers": "[wandb, tensorboard]", "train.max_steps": 3})
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.name == "softprompt.json" for p in files) and any(p.suffix == ".wandb" for p in files)
+    leaked = [(str(p), name) for p in files for name, value in secrets.items() if value.encode() in p.read_bytes()]
+    assert leaked == []

@@ -79,16 +79,37 @@ def commit(tmp: Path, final: Path) -> Path:
     return final
 
 
+def rng_state() -> dict:
+    """This process's random streams: torch's CPU generator (dropout on CPU), the current CUDA device's (dropout
+    on GPU), Python's. Each process of a run has its own: they draw differently once their batches differ."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loop_state: dict, meta: dict,
-                    keep: int) -> Path:
+                    keep: int, rank_rng: list[dict] | None = None) -> Path:
+    """Write step `step`'s checkpoint (on the main process). `rank_rng`: every process's `rng_state()`, in rank
+    order, gathered by the caller; None: this process's alone (one process)."""
     final = run_dir / f"{PREFIX}{step:06d}"
     tmp = atomic_dir(final)
     save_tensors(trainable_state(model), tmp / "trainable.safetensors")
+    rank_rng = rank_rng or [rng_state()]
     torch.save({
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "python_rng": random.getstate(),
+        "torch_rng": rank_rng[0]["torch"],  # rank 0's, as checkpoints before rank_rng held
+        "python_rng": rank_rng[0]["python"],
+        "rank_rng": rank_rng,
         "loop": loop_state,
     }, tmp / "trainer_state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step, **meta, "versions": versions()}, indent=2, default=str))
@@ -128,9 +149,12 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0, world: int = 1) -> dict:
     """Restore everything `save_checkpoint` wrote; returns the loop state. Both files are read and
-    checked before any state is touched, so a damaged checkpoint leaves the model as it was."""
+    checked before any state is touched, so a damaged checkpoint leaves the model as it was. Process `rank` of
+    `world` takes its own random streams when the checkpoint was written by as many processes (the resume is
+    then exact); on another process count every process takes rank 0's (the run goes on, its dropout draws
+    differ from an uninterrupted run's)."""
     tensors_file, state_file = path / "trainable.safetensors", path / "trainer_state.pt"
     try:
         tensors = load_file(str(tensors_file))
@@ -150,9 +174,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     load_trainable_state(model, tensors)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    py = state["python_rng"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
+    streams = state.get("rank_rng") or [{"torch": state["torch_rng"], "python": state["python_rng"]}]
+    set_rng_state(streams[rank] if len(streams) == world else streams[0])
     return state["loop"]
 
 

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from accelerate.utils import gather_object
 
-from softprompt.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable_state, read_meta, save_checkpoint,
-                                   trainable_state)
+from softprompt.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable_state, read_meta, rng_state,
+                                   save_checkpoint, trainable_state)
 from softprompt import sharded_eval
 from softprompt.build import build_model, build_objective, complete_config, param_groups
 from softprompt.config import Config, from_dict, to_dict
@@ -117,7 +118,7 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     loop = {"step": 0, "position": 0, "best_value": None, "best_metrics": {}, "best_state": None, "best_step": None,
             "bad_evals": 0, "before": {}, "history": [], "last_metrics": {}, "stopped": None, "nonfinite": 0}
     if ckpt is not None:
-        loop.update(load_checkpoint(ckpt, model, optimizer, scheduler))
+        loop.update(load_checkpoint(ckpt, model, optimizer, scheduler, rank, world))
         on_accepted()  # the last input check (a damaged checkpoint) has passed
         if main:  # a resume from an earlier checkpoint (allowed by overwrite) drops what the later run wrote
             drop_later(run_dir, ckpt)
@@ -232,9 +233,11 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
         terminated = term.is_set() if world == 1 else bool(
             accelerator.reduce(torch.tensor(float(term.is_set()), device=accelerator.device), reduction="sum").item())
         if step % tc.save_every == 0 or step == tc.max_steps or stop or terminated:
+            rank_rng = gather_object([rng_state()]) if world > 1 else None  # every process's streams, rank order
             if main:
                 save_checkpoint(run_dir, step, model, optimizer, scheduler, loop,
-                                {"config": to_dict(cfg), "metrics": loop["history"][-3:]}, tc.keep_checkpoints)
+                                {"config": to_dict(cfg), "metrics": loop["history"][-3:]}, tc.keep_checkpoints,
+                                rank_rng)
             accelerator.wait_for_everyone()
         if terminated:
             progress.close()
@@ -295,20 +298,30 @@ def build_accelerator(cfg: Config, run_dir: Path):
         log_with=trackers or None,
         project_dir=str(run_dir),
     )
-    expected = int(os.environ.get("WORLD_SIZE", "1"))
-    if accelerator.num_processes != expected:
-        raise SoftPromptError(f"launcher started {expected} processes but accelerate sees {accelerator.num_processes}; "
-                              "launch with `accelerate launch --multi_gpu --num_processes N` or torchrun")
+    check_world(accelerator)
     return accelerator
 
 
+def check_world(accelerator) -> None:
+    """Stop when the launcher started more processes than the Accelerator joined (CPU processes without
+    cpu=True each train alone: N unsynchronised runs writing one run dir)."""
+    expected = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != expected:
+        raise SoftPromptError(f"launcher started {expected} processes but accelerate sees {accelerator.num_processes}; "
+                              "launch with `accelerate launch --multi_gpu --num_processes N` (with --cpu, or "
+                              "ACCELERATE_USE_CPU=true, on a machine without GPUs) or torchrun")
+
+
 def tracker_kwargs(tc, run_dir: Path) -> dict:
-    """wandb logs into the run dir, offline when there is no API key (sync later with `wandb sync`)."""
+    """wandb logs into the run dir, offline when there is no API key (sync later with `wandb sync`). A WANDB_MODE
+    in the environment is passed on explicitly: wandb reads the environment once per process, so a second run
+    in one process (a library user's loop) would otherwise keep the first one's mode."""
     if "wandb" not in tc.trackers:
         return {}
     wandb = {"dir": str(run_dir), "settings": {"silent": True}}
-    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-        wandb["mode"] = "offline"
+    mode = os.environ.get("WANDB_MODE") or (None if os.environ.get("WANDB_API_KEY") else "offline")
+    if mode:
+        wandb["mode"] = mode
     return {"wandb": wandb}
 
 

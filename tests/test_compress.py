@@ -132,6 +132,7 @@ LLMC = [  # (method, extra settings, check on the reloaded model's record and we
 
 
 @pytest.mark.slow
+@pytest.mark.llmcompressor
 @pytest.mark.parametrize("method,extra,check", LLMC, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(LLMC)])
 def test_llmcompressor_methods_for_real(saved_model, tmp_path, calibration, method, extra, check):
     cfg = CompressConfig(method=method, calibration=calibration, num_samples=8, seq_len=16, **extra)

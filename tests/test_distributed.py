@@ -75,3 +75,84 @@ def test_shards_partition_the_rows_in_order():
             assert sum(pieces, []) == list(range(n)) and max(map(len, pieces)) - min(map(len, pieces)) <= 1
     joined = EvalParts({"loss": 1.5, "tokens": 3}, {"p": ["a"]}) + EvalParts({"loss": 2.0, "tokens": 1}, {"p": ["b", "c"]})
     assert joined.sums == {"loss": 3.5, "tokens": 4} and joined.rows == {"p": ["a", "b", "c"]}
+
+
+def launch(tmp_path, args: list[str], **popen) -> subprocess.Popen:
+    """`accelerate launch` of `softprompt train ARGS` on 2 CPU processes (gloo), in its own process group."""
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "softprompt", "train", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True, **popen)
+
+
+def final_state(run: Path) -> dict:
+    return load_file(str(run / "final" / "adapter_model.safetensors"))
+
+
+STOPPABLE = {"train.batch_size": 3, "train.save_every": 4, "train.eval_every": 1000, "train.keep_best": "false",
+             "optim.scheduler": "constant", "optim.warmup_steps": 0, "data.test_split": "null",
+             "objective.generate_eval": "false", "train.max_steps": 200}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, saved_model):
+    """A 2-process GPT-2 run of 200 steps, start to end: (its task dir, its final adapter's tensors)."""
+    tmp = tmp_path_factory.mktemp("whole")
+    task = write_task(tmp / "data")
+    whole = launch(tmp, overrides(saved_model("gpt2"), task, tmp / "out", **STOPPABLE))
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()[-3000:]
+    return task, final_state(tmp / "out" / "t")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_two_process_run_stopped_and_resumed_equals_the_uninterrupted_run(tmp_path, saved_model, uninterrupted, how):
+    """GPT-2 keeps its dropout in training, so each process draws its own masks: the resume is bitwise only if
+    both processes' random streams come back (and the data position, the optimizer moments). SIGKILL lands at any
+    point after the first checkpoint (mid-step or mid-checkpoint); SIGTERM checkpoints and exits cleanly."""
+    import signal
+    import time
+
+    task, expected = uninterrupted
+    args = overrides(saved_model("gpt2"), task, tmp_path / "cut", **STOPPABLE)
+    cut = launch(tmp_path, args)
+    run_dir = tmp_path / "cut" / "t"
+    deadline = time.time() + 300
+    checkpoints = lambda: run_dir.is_dir() and any(p.name.startswith("step_") for p in run_dir.iterdir())  # noqa: E731
+    while time.time() < deadline and cut.poll() is None and not checkpoints():
+        time.sleep(0.01)
+    assert cut.poll() is None, cut.stdout.read()[-3000:]
+    if how == "SIGKILL":  # the launcher and every worker at once (torchrun starts its workers in their own sessions)
+        import psutil
+
+        launcher = psutil.Process(cut.pid)
+        for proc in [*launcher.children(recursive=True), launcher]:
+            proc.kill()
+    else:  # a scheduler's preemption signal to the launcher, which passes it on to its workers
+        os.killpg(cut.pid, signal.SIGTERM)
+    output = cut.communicate(timeout=120)[0]
+    steps = [int(p.name.split("_")[1]) for p in run_dir.iterdir() if p.name.startswith("step_")]
+    assert steps and max(steps) < 200 and not (run_dir / "final").exists(), output[-3000:]
+    if how == "SIGTERM":  # every process stopped after the same step and said so once
+        assert output.count("SIGTERM: saved checkpoint") == 1, output[-3000:]
+
+    again = launch(tmp_path, [*args, "--resume"])
+    assert again.wait(timeout=600) == 0, again.stdout.read()[-3000:]
+    resumed = final_state(run_dir)
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected), f"stopped after step {max(steps)}"
+
+
+@pytest.mark.slow
+def test_the_launcher_guard_fires_when_processes_would_train_alone(tmp_path):
+    """CPU processes whose Accelerator is built without cpu=True do not join one group (research/env_probe.md §4):
+    each sees 1 process while the launcher started 2. check_world stops them, under a real torchrun."""
+    script = tmp_path / "alone.py"
+    script.write_text("import os\nos.environ.pop('ACCELERATE_USE_CPU', None)\nfrom accelerate import Accelerator\n"
+                      "from softprompt.errors import SoftPromptError\nfrom softprompt.train import check_world\n"
+                      "try:\n    check_world(Accelerator())\nexcept SoftPromptError as e:\n    print('refused:', e)\n")
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    assert proc.stdout.count("refused: launcher started 2 processes but accelerate sees 1") == 2, proc.stdout + proc.stderr

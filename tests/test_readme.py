@@ -99,9 +99,17 @@ def test_every_block_has_a_known_language_and_directive():
         assert block.directive in (None, *DIRECTIVES), f"README line {block.line}: directive {block.directive!r}"
 
 
+LLMCOMPRESSOR_METHODS = ("gptq", "sparsegpt", "wanda")  # `softprompt compress` runs these in .venv-compress
+
+
 def _params(*languages: str, directive: str | None = None, slow: bool = False):
     chosen = [b for b in BLOCKS if b.language in languages and b.directive == directive]
-    return [pytest.param(b, id=b.id, marks=[pytest.mark.slow] if slow else []) for b in chosen]
+
+    def marks(block: Block) -> list:
+        llmc = any(f"--method {m}" in block.code for m in LLMCOMPRESSOR_METHODS)
+        return [pytest.mark.slow] * slow + [pytest.mark.llmcompressor] * llmc
+
+    return [pytest.param(b, id=b.id, marks=marks(b)) for b in chosen]
 
 
 @pytest.mark.parametrize("block", _params("python", slow=True))

@@ -153,8 +153,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0, worl
     """Restore everything `save_checkpoint` wrote; returns the loop state. Both files are read and
     checked before any state is touched, so a damaged checkpoint leaves the model as it was. Process `rank` of
     `world` takes its own random streams when the checkpoint was written by as many processes (the resume is
-    then exact); on another process count every process takes rank 0's (the run goes on, its dropout draws
-    differ from an uninterrupted run's)."""
+    then exact); on another process count every process takes rank 0's (the run goes on, not as an
+    uninterrupted one would: README, Several GPUs)."""
     tensors_file, state_file = path / "trainable.safetensors", path / "trainer_state.pt"
     try:
         tensors = load_file(str(tensors_file))

@@ -37,10 +37,10 @@ fi
 pipq() { "$venv/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "is ignored" || true; }; }
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   echo "setup: installing torch (CPU build)"
-  pipq install --no-compile "torch==2.13.0" || pipq install --no-compile torch
+  pipq install "torch==2.13.0" || pipq install torch
 fi
 target="."
 [ -n "$extra" ] && target=".[$extra]"
 echo "setup: installing softprompt${extra:+ [$extra]} into $venv ($flavour versions)"
-pipq install --no-compile -e "$target" "${constraints[@]}"  # no .pyc for files never imported: faster setup
+pipq install -e "$target" "${constraints[@]}"
 "$venv/bin/python" -c "import softprompt, torch, transformers, peft, accelerate; print('setup: softprompt', softprompt.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| accelerate', accelerate.__version__)"

@@ -15,6 +15,9 @@ from helpers import overrides, write_task
 from softprompt import load_config, train
 
 
+# each test starts process pairs on accelerate's default port: scripts/test.sh runs them alone, not beside xdist workers
+pytestmark = pytest.mark.serial
+
 BANK = {"method": "null", "prompt.type": "bank", "prompt.num_prompts": 2, "objective.type": "lm", "selector.type": "key"}
 DEPT = {"method": "dept", "prompt.rank": 2, "prompt.max_length": 256, "prompt.offset_lr": 0.05}
 PTEC = {"method": "ptec", "data.source_template": "{text}", "objective.labels": "[red, green, blue]", "head.num_outputs": 3,

@@ -101,19 +101,28 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loop_
     """Write step `step`'s checkpoint (on the main process). `rank_rng`: every process's `rng_state()`, in rank
     order, gathered by the caller; None: this process's alone (one process)."""
     final = run_dir / f"{PREFIX}{step:06d}"
-    tmp = atomic_dir(final)
-    save_tensors(trainable_state(model), tmp / "trainable.safetensors")
     rank_rng = rank_rng or [rng_state()]
-    torch.save({
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": rank_rng[0]["torch"],  # rank 0's, as checkpoints before rank_rng held
-        "python_rng": rank_rng[0]["python"],
-        "rank_rng": rank_rng,
-        "loop": loop_state,
-    }, tmp / "trainer_state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"step": step, **meta, "versions": versions()}, indent=2, default=str))
-    commit(tmp, final)
+    tmp = None
+    try:
+        tmp = atomic_dir(final)
+        save_tensors(trainable_state(model), tmp / "trainable.safetensors")
+        torch.save({
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": rank_rng[0]["torch"],  # rank 0's, as checkpoints before rank_rng held
+            "python_rng": rank_rng[0]["python"],
+            "rank_rng": rank_rng,
+            "loop": loop_state,
+        }, tmp / "trainer_state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, **meta, "versions": versions()}, indent=2, default=str))
+        commit(tmp, final)
+    except (OSError, RuntimeError) as e:  # a full disk, a file size limit, a quota; torch.save's writer says RuntimeError
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left; the last complete one stays
+        previous = latest_checkpoint(run_dir)
+        kept = f"{previous} is the last complete checkpoint" if previous else "no earlier checkpoint exists"
+        raise SoftPromptError(f"checkpoint: writing {final.name} failed ({first_line(e)}); {kept}; free disk space (or "
+                              "raise the quota or file size limit), then continue with --resume") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -339,3 +339,39 @@ def test_secrets_in_the_environment_are_written_nowhere(saved_model, task, tmp_p
     assert any(p.name == "softprompt.json" for p in files) and any(p.suffix == ".wandb" for p in files)
     leaked = [(str(p), name) for p in files for name, value in secrets.items() if value.encode() in p.read_bytes()]
     assert leaked == []
+
+
+# 11. a checkpoint that cannot be written
+
+
+@pytest.mark.slow
+def test_a_checkpoint_write_that_fails_is_one_error_and_the_last_one_stays(saved_model, task, tmp_path):
+    """The file size limit of the running process is lowered under it (prlimit, as a full disk would refuse the
+    next write): the next checkpoint fails with one line naming the last complete one, leaves no temp dir, and
+    --resume continues from that one."""
+    out = tmp_path / "out"
+    args = overrides(saved_model("llama"), task, out, **{"train.max_steps": 100000, "train.save_every": 2,
+                                                          "train.eval_every": 100000, "data.test_split": "null",
+                                                          "prompt.num_virtual_tokens": 100})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "softprompt", "train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = out / "t"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list_checkpoints(run_dir):
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()
+    # 8 KB: the metrics file stays under it for hundreds of steps; the prompt's 12.8 KB tensor file cannot
+    subprocess.run(["prlimit", "--pid", str(proc.pid), "--fsize=8192:8192"], check=True)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "checkpoint: writing step_" in lines[0] and "is the last complete checkpoint" in lines[0], stderr
+    named = Path(lines[0].split("; ")[1].split(" is the last")[0])
+    assert named in list_checkpoints(run_dir) and not list(run_dir.glob(".step_*"))  # no half-written dir
+    stopped_at = int(named.name.split("_")[1])
+    resumed = run(saved_model, task, out, resume=True, **{"train.max_steps": stopped_at + 2, "train.save_every": 2,
+                                                          "train.eval_every": 100000, "data.test_split": "null",
+                                                          "prompt.num_virtual_tokens": 100})
+    assert resumed.steps == stopped_at + 2

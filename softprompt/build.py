@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from softprompt.config import Config
+from softprompt.config import Config, flat
 from softprompt.model import SoftPromptModel
 from softprompt.registry import HEADS, OBJECTIVES, PROMPTS, SELECTORS
 
@@ -72,7 +72,7 @@ def continue_from(model: SoftPromptModel, adapter_dir: str) -> None:
                                   f"{name} section like the adapter's ({described})")
         mine = ours.describe()
         if mine != described:
-            theirs_flat, mine_flat = _flat(described), _flat(mine)
+            theirs_flat, mine_flat = flat(described), flat(mine)
             differ = {k: (theirs_flat.get(k), mine_flat.get(k)) for k in sorted(theirs_flat.keys() | mine_flat.keys())
                       if theirs_flat.get(k) != mine_flat.get(k)}
             raise SoftPromptError(f"{where}: its {name} was built otherwise than the recipe's (adapter vs recipe: "
@@ -86,14 +86,3 @@ def param_groups(cfg: Config, model: SoftPromptModel) -> list[dict]:
     if model.head is not None:
         groups += HEADS[cfg.head.type].param_groups(model.head, cfg.head, cfg.optim)
     return groups
-
-
-def _flat(description: dict, prefix: str = "") -> dict:
-    """A nested `describe()` as dotted keys (offset.alpha), so a difference reads as the recipe key to set."""
-    flat = {}
-    for key, value in description.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

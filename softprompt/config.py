@@ -255,6 +255,18 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def flat(d: dict, prefix: str = "") -> dict:
+    """A nested mapping as dotted keys (`prompt.offset.alpha`), values that are not plain scalars as text: what
+    trackers take, and what comparisons of configs and component descriptions name."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
 def config_with(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """A Config from a config dict (a run's recorded one) with `key.sub=value` overrides on top."""
     data = copy.deepcopy(data)

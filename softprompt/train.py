@@ -33,7 +33,7 @@ from softprompt.checkpoint import (latest_checkpoint, load_checkpoint, load_trai
                                    save_checkpoint, trainable_state)
 from softprompt import sharded_eval
 from softprompt.build import build_model, build_objective, complete_config, param_groups
-from softprompt.config import Config, from_dict, to_dict
+from softprompt.config import Config, flat, from_dict, to_dict
 from softprompt.data import BatchStream, load_splits
 from softprompt.errors import ConfigError, SoftPromptError
 from softprompt.layers import fused
@@ -153,6 +153,7 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
 
     # what an eval line prints (metrics.jsonl keeps everything): an objective may name a short list
     shown = [*(getattr(objective, "shown_metrics", None) or objective.metric_names()), tc.metric]
+
     def evaluate(rows: list[dict]) -> dict[str, float]:  # every process scores its shard of the rows
         return sharded_eval.evaluate(objective, model, rows, tc.eval_batch_size, accelerator)
 
@@ -325,14 +326,6 @@ def tracker_kwargs(tc, run_dir: Path) -> dict:
     return {"wandb": wandb}
 
 
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 def finite_step(accelerator, loss: torch.Tensor, params: list) -> bool:

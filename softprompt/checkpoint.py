@@ -25,7 +25,13 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     """What training changes: the trainable parameters and the state learned without gradients (a key
     selector's centroids, `model.learned_buffers()`)."""
     learned = {n: p for n, p in model.named_parameters() if p.requires_grad} | learned_buffers(model)
-    return {n: t.detach().cpu().clone().contiguous() for n, t in learned.items()}
+    return {n: whole(t).detach().cpu().clone().contiguous() for n, t in learned.items()}
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A tensor sharded over processes (a DTensor: FSDP with train.fsdp_prompt=shard) gathered whole: collective,
+    every process calls it; any other tensor itself."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def learned_buffers(model) -> dict[str, torch.Tensor]:
@@ -36,7 +42,41 @@ def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters()) | learned_buffers(model)
     with torch.no_grad():
         for name, value in tensors.items():
-            params[name].copy_(value.to(params[name].device))
+            param = params[name]
+            if hasattr(param, "to_local"):  # sharded: this process's part of the whole value every process holds
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+                param.to_local().copy_(value.to_local())
+            else:
+                param.copy_(value.to(param.device))
+
+
+def optimizer_state(model, optimizer) -> dict | None:
+    """The optimizer state whole, where its parameters are sharded over processes (FSDP with
+    train.fsdp_prompt=shard), keyed by parameter name; None otherwise (`optimizer.state_dict()` then holds it
+    all). Collective: every process calls it."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    if not any(hasattr(p, "to_local") for g in inner.param_groups for p in g["params"]):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return {"by_name": get_optimizer_state_dict(model, inner, options=StateDictOptions(full_state_dict=True))}
+
+
+def load_optimizer_state(model, optimizer, saved: dict, file: Path) -> None:
+    inner = getattr(optimizer, "optimizer", optimizer)
+    sharded = any(hasattr(p, "to_local") for g in inner.param_groups for p in g["params"])
+    if sharded != ("by_name" in saved):
+        raise SoftPromptError(f"{file.parent} was written by a run whose trainable parameters were "
+                              f"{'' if 'by_name' in saved else 'not '}sharded (FSDP with train.fsdp_prompt=shard); "
+                              "resume it under the same launcher config and train.fsdp_prompt")
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, inner, saved["by_name"], options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(saved)
 
 
 def versions() -> dict[str, str]:
@@ -97,9 +137,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loop_state: dict, meta: dict,
-                    keep: int, rank_rng: list[dict] | None = None) -> Path:
+                    keep: int, rank_rng: list[dict] | None = None, optimizer_whole: dict | None = None) -> Path:
     """Write step `step`'s checkpoint (on the main process). `rank_rng`: every process's `rng_state()`, in rank
-    order, gathered by the caller; None: this process's alone (one process)."""
+    order, gathered by the caller; None: this process's alone (one process). `optimizer_whole`: a sharded
+    optimizer's `optimizer_state`, gathered by the caller."""
     final = run_dir / f"{PREFIX}{step:06d}"
     rank_rng = rank_rng or [rng_state()]
     tmp = None
@@ -107,7 +148,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, loop_
         tmp = atomic_dir(final)
         save_tensors(trainable_state(model), tmp / "trainable.safetensors")
         torch.save({
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_whole or optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": rank_rng[0]["torch"],  # rank 0's, as checkpoints before rank_rng held
             "python_rng": rank_rng[0]["python"],
@@ -181,7 +222,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0, worl
     if missing:
         raise damaged(state_file, f"missing {sorted(missing)}")
     load_trainable_state(model, tensors)
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(model, optimizer, state["optimizer"], state_file)
     scheduler.load_state_dict(state["scheduler"])
     streams = state.get("rank_rng") or [{"torch": state["torch_rng"], "python": state["python_rng"]}]
     set_rng_state(streams[rank] if len(streams) == world else streams[0])

@@ -100,6 +100,10 @@ class TrainConfig:
     # in the logs as `nonfinite_steps`; after this many in all, the run stops with an error (0: at the first).
     # Under fp16 the loss scaler skips overflowing steps itself (`loss_scale` in the logs); those do not count.
     max_nonfinite_steps: int = 10
+    # Under FSDP (recipes/accelerate/fsdp.yaml), where the trainable components (prompt, DePT offset, head) live:
+    # "replicate" (whole on every process, gradients averaged as DDP does; a prompt is small) or "shard" (split
+    # over the processes with the base, gathered for each forward and for saving).
+    fsdp_prompt: str = "replicate"
     # Extra loggers through accelerate (wandb: offline without an API key; tensorboard); none unless asked for.
     # metrics.jsonl and curves.png are always written in the run dir.
     trackers: tuple[str, ...] = ()
@@ -387,6 +391,7 @@ CHOICES = {
     "optim.name": ("adamw", "adafactor"),
     "optim.scheduler": ("constant", "linear", "cosine"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
+    "train.fsdp_prompt": ("replicate", "shard"),
 }
 
 # Keys whose value (when not null) must be > 0, or >= 0; floats must also be finite (no .nan/.inf).

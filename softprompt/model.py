@@ -130,6 +130,10 @@ class SoftPromptModel(nn.Module):
         self.selector = selector  # None, or each row's prompt of the bank from its input (selectors/)
         self.decision: dict | None = None  # the objective's fitted decision rule (per-label thresholds), saved with the adapter
         self.run_config: dict | None = None  # the config that trained a loaded adapter (its labels, its template)
+        # set by distributed.prepare on a base sharded over processes: evaluation and generate run in lockstep;
+        # base_probe: the adapter's embedding probe, read there while the table was whole
+        self.lockstep = False
+        self.base_probe: list[float] | None = None
         self.tokenizer = tokenizer
         self.kind = kind or detect_kind(base.config)
         if self.kind not in KIND_NAMES:
@@ -375,6 +379,8 @@ class SoftPromptModel(nn.Module):
                  prompt_index: torch.Tensor | None = None, **generate_kwargs):
         """Through the HF model's own `generate`. Strings in, strings out; ids in, new ids out.
         `prompt_index` (B,) picks each row's prompt from a bank."""
+        if self.lockstep:  # a base sharded over processes: each decoding step needs all of them, so all go on
+            generate_kwargs.setdefault("synced_gpus", True)  # until every one is done (distributed.py)
         texts = [inputs] if isinstance(inputs, str) else inputs
         if isinstance(texts, list):
             if self.tokenizer is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from softprompt import distributed
+
 
 @dataclass
 class EvalParts:
@@ -35,10 +37,15 @@ def parts(objective, model, items: list[dict], batch_size: int, accelerator=None
     """`objective.eval_parts` over all `items`, each process scoring its shard; every process gets the whole."""
     world = accelerator.num_processes if accelerator is not None else 1
     if world == 1:
-        return objective.eval_parts(model, items, batch_size)
+        with distributed.gathered(model):
+            return objective.eval_parts(model, items, batch_size)
     from accelerate.utils import gather_object
 
-    mine = objective.eval_parts(model, items[shard(len(items), accelerator.process_index, world)], batch_size)
+    rows = items[shard(len(items), accelerator.process_index, world)]
+    if getattr(model, "lockstep", False):
+        mine = lockstep_parts(objective, model, items, rows, batch_size, world)
+    else:
+        mine = objective.eval_parts(model, rows, batch_size)
     gathered = gather_object([mine])  # one EvalParts per rank, in rank order
     total = EvalParts()
     for part in gathered:
@@ -46,9 +53,25 @@ def parts(objective, model, items: list[dict], batch_size: int, accelerator=None
     return total
 
 
+def lockstep_parts(objective, model, items: list[dict], rows: list[dict], batch_size: int, world: int) -> EvalParts:
+    """This process's `rows` a batch at a time, as many batches as the longest shard needs (a sharded base: every
+    forward gathers each unit from every process, so all run the same forwards in the same order). A process out
+    of rows scores one of `items` like the others score theirs, and drops it."""
+    sizes = [len(range(len(items))[shard(len(items), r, world)]) for r in range(world)]
+    mine = EvalParts()
+    with distributed.gathered(model):
+        for b in range(distributed.lockstep_batches(sizes, batch_size)):
+            batch = rows[b * batch_size:(b + 1) * batch_size]
+            part = objective.eval_parts(model, batch or items[:1], batch_size)
+            if batch:
+                mine = mine + part
+    return mine
+
+
 def evaluate(objective, model, items: list[dict], batch_size: int, accelerator=None) -> dict[str, float]:
     """The objective's metrics over `items`, the scoring shared by every process (see the module docstring).
     An objective with `evaluate` alone (one written before the two steps) is run whole by every process."""
     if not hasattr(objective, "eval_parts"):
-        return objective.evaluate(model, items, batch_size)
+        with distributed.gathered(model):
+            return objective.evaluate(model, items, batch_size)
     return objective.eval_metrics(parts(objective, model, items, batch_size, accelerator), items)

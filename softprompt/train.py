@@ -29,9 +29,10 @@ from typing import Callable
 import torch
 from accelerate.utils import gather_object
 
-from softprompt.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable_state, read_meta, rng_state,
+from softprompt.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable_state, optimizer_state, read_meta,
+                                   rng_state,
                                    save_checkpoint, trainable_state)
-from softprompt import sharded_eval
+from softprompt import distributed, sharded_eval
 from softprompt.build import build_model, build_objective, complete_config, param_groups
 from softprompt.config import Config, flat, from_dict, to_dict
 from softprompt.data import BatchStream, load_splits
@@ -110,8 +111,8 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     groups = param_groups(cfg, model)
     optimizer = build_optimizer(cfg, groups)
     scheduler = build_scheduler(cfg, optimizer)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
-    trainable = [p for g in groups for p in g["params"]]
+    wrapped, optimizer = distributed.prepare(accelerator, model, optimizer, tc.fsdp_prompt)
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]  # FSDP's sharding replaces parameters
 
     # stopped: None while training, then "early_stopping" or "max_steps" (saved with the last checkpoint);
     # last_metrics: the latest eval, which describes the last step's adapter (an eval runs at the last step)
@@ -182,6 +183,7 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
                 loss_sum = objective.loss(wrapped, batch)
                 accelerator.backward(loss_sum * (world / total))
             loss_total += loss_sum.detach()
+        distributed.sync_replicated(accelerator, trainable)  # FSDP: the prompt it leaves whole (train.fsdp_prompt)
         grad_norm = accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm else None
         if not finite_step(accelerator, loss_total, trainable):
             optimizer.zero_grad(set_to_none=True)  # nothing of this step reaches the prompt, the moments or the schedule
@@ -235,11 +237,13 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
             accelerator.reduce(torch.tensor(float(term.is_set()), device=accelerator.device), reduction="sum").item())
         if step % tc.save_every == 0 or step == tc.max_steps or stop or terminated:
             rank_rng = gather_object([rng_state()]) if world > 1 else None  # every process's streams, rank order
-            if main:
-                save_checkpoint(run_dir, step, model, optimizer, scheduler, loop,
-                                {"config": to_dict(cfg), "metrics": loop["history"][-3:]}, tc.keep_checkpoints,
-                                rank_rng)
-            accelerator.wait_for_everyone()
+            optimizer_whole = optimizer_state(model, optimizer)  # a sharded one, gathered
+            with distributed.gathered(model):
+                if main:
+                    save_checkpoint(run_dir, step, model, optimizer, scheduler, loop,
+                                    {"config": to_dict(cfg), "metrics": loop["history"][-3:]}, tc.keep_checkpoints,
+                                    rank_rng, optimizer_whole)
+                accelerator.wait_for_everyone()
         if terminated:
             progress.close()
             saved = run_dir / f"step_{step:06d}"
@@ -267,14 +271,16 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     if "test" in items:
         result.test = {k.replace("eval_", "test_"): v for k, v in evaluate(items["test"]).items()}
         record(result.test, loop["step"])
-    if main:
-        # steps: how far the run trained; source_step: the step whose adapter final/ holds (the best eval's
-        # with keep_best, so it can be earlier); config: what ran, so `softprompt eval` needs no recipe
-        model.save_adapter(result.adapter_dir, method=cfg.method.name, steps=loop["step"], source_step=source_step,
-                           chosen_by=result.chosen_by, metrics={**final_metrics, **result.test}, config=to_dict(cfg))
-        plot_curves(loop["history"], run_dir / "curves.png", title=curves_title(cfg, loop["step"]), metric=tc.metric,
-                    best_step=source_step, greater_is_better=greater_is_better(tc, objective))
-    accelerator.wait_for_everyone()
+    distributed.release(model)  # a sharded prompt, whole for writing (no forward runs after this)
+    with distributed.gathered(model):
+        if main:
+            # steps: how far the run trained; source_step: the step whose adapter final/ holds (the best eval's
+            # with keep_best, so it can be earlier); config: what ran, so `softprompt eval` needs no recipe
+            model.save_adapter(result.adapter_dir, method=cfg.method.name, steps=loop["step"], source_step=source_step,
+                               chosen_by=result.chosen_by, metrics={**final_metrics, **result.test}, config=to_dict(cfg))
+            plot_curves(loop["history"], run_dir / "curves.png", title=curves_title(cfg, loop["step"]), metric=tc.metric,
+                        best_step=source_step, greater_is_better=greater_is_better(tc, objective))
+        accelerator.wait_for_everyone()
     accelerator.end_training()
     result.history, result.model = loop["history"], model
     return result
@@ -299,6 +305,7 @@ def build_accelerator(cfg: Config, run_dir: Path):
         log_with=trackers or None,
         project_dir=str(run_dir),
     )
+    distributed.enable_fsdp(accelerator)  # CPU processes: accelerate would drop the launcher's FSDP
     check_world(accelerator)
     return accelerator
 
@@ -334,8 +341,8 @@ def finite_step(accelerator, loss: torch.Tensor, params: list) -> bool:
     bad = ~torch.isfinite(loss)
     if accelerator.scaler is None:
         for p in params:
-            if p.grad is not None:
-                bad = bad | ~torch.isfinite(p.grad).all()
+            if p.grad is not None:  # a sharded gradient: this process's part (the processes' verdicts are summed)
+                bad = bad | ~torch.isfinite(distributed.local(p.grad)).all()
     bad = bad.float()
     if accelerator.num_processes > 1:  # every process must skip the same steps
         bad = accelerator.reduce(bad, reduction="sum")

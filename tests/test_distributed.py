@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,32 +25,76 @@ PTEC = {"method": "ptec", "data.source_template": "{text}", "objective.labels": 
         "head.lr": 0.05, "objective.max_new_tokens": None}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", [{}, BANK, DEPT, PTEC], ids=["prompt_tuning", "bank-key", "dept", "ptec"])
-def test_two_process_ddp_equals_one_process_on_the_global_batch(tmp_path, saved_model, method):
-    """The adapter, and every eval on the way (sharded across the 2 processes, then gathered), equal 1 process's."""
-    from softprompt import SoftPromptModel
+FSDP_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "fsdp.yaml"
+# how each launcher is asked for 2 CPU processes: DDP by flags, FSDP by the recipe users run (its bf16 is
+# overridden: the comparison is with an fp32 process)
+LAUNCHERS = {"ddp": ["--multi_gpu", "--num_processes", "2", "--num_machines", "1"],
+             "fsdp": ["--config_file", str(FSDP_RECIPE)]}
+SHARDED = {"train.fsdp_prompt": "shard"}
+# (launcher, method, whether a resume from the step-2 checkpoint is checked too: DDP's is the kill tests' below)
+CASES = {"ddp-prompt_tuning": ("ddp", {}, False), "ddp-bank-key": ("ddp", BANK, False), "ddp-dept": ("ddp", DEPT, False),
+         "ddp-ptec": ("ddp", PTEC, False), "fsdp-prompt_tuning": ("fsdp", {}, True),
+         "fsdp-dept-sharded": ("fsdp", {**DEPT, **SHARDED}, True), "fsdp-ptec": ("fsdp", PTEC, False)}
+
+
+def learned(m) -> dict:
+    """Everything a run trains: the prompt source's state, a bank's keys, the head."""
+    return {**m.prompt.state_dict(), **m.learned_buffers(),
+            **({f"head.{k}": v for k, v in m.head.state_dict().items()} if m.head is not None else {})}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, saved_model):
+    """The 1-process runs a 2-process run is compared with, per method (DDP and FSDP share them): on the global
+    batch (6), and on one process's half (3), which a synchronised pair must not match."""
+    runs = {}
+
+    def run(method: dict, task: Path, batch: int):
+        key = (json.dumps({k: v for k, v in method.items() if k not in SHARDED}, sort_keys=True), str(task), batch)
+        if key not in runs:
+            out = tmp_path_factory.mktemp("one")
+            runs[key] = train(load_config(None, overrides(saved_model("llama"), task, out, **COMMON, **method,
+                                                          **{"train.batch_size": batch})))
+        return runs[key]
+    return run
+
+
+COMMON = {"train.max_steps": 4, "train.eval_every": 4, "train.save_every": 2}
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
     from test_classify import write_multilabel
 
-    task = write_multilabel(tmp_path / "data") if method is PTEC else write_task(tmp_path / "data")
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    common = {"train.max_steps": 4, "train.eval_every": 4, "train.save_every": 4, **method}
-    args = overrides(saved_model("llama"), task, tmp_path / "ddp", **common, **{"train.batch_size": 3})
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "softprompt", "train", *args, "--json"],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    root = tmp_path_factory.mktemp("tasks")
+    return {"text": write_task(root / "text"), "labels": write_multilabel(root / "labels")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, saved_model, one_process, tasks, case):
+    """DDP and FSDP (the base sharded; the prompt whole on every process, or sharded with train.fsdp_prompt=shard):
+    the adapter, and every eval on the way (sharded across the 2 processes, then gathered), equal 1 process's.
+    Under FSDP a resume from the step-2 checkpoint then ends where the uninterrupted run did, bit for bit (the
+    optimizer state of a sharded prompt is gathered into the checkpoint and split again on resume)."""
+    from softprompt import SoftPromptModel
+
+    launcher_kind, method, resume = CASES[case]
+    task = tasks["labels"] if method.get("method") == "ptec" else tasks["text"]
+    args = overrides(saved_model("llama"), task, tmp_path / "two", **COMMON, **method, **{"train.batch_size": 3})
+    proc = launch_run(tmp_path, LAUNCHERS[launcher_kind], [*args, "--json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
     assert summary["steps"] == 4
-    single = train(load_config(None, overrides(saved_model("llama"), task, tmp_path / "one", **common,
-                                               **{"train.batch_size": 6})))
-    ddp = SoftPromptModel.from_adapter(tmp_path / "ddp" / "t" / "final")
-    learned = lambda m: {**m.prompt.state_dict(), **m.learned_buffers(),  # noqa: E731  (a bank: its keys too)
-                         **({f"head.{k}": v for k, v in m.head.state_dict().items()} if m.head is not None else {})}
-    torch.testing.assert_close(learned(ddp), learned(single.model), atol=1e-5, rtol=1e-4)
+    if launcher_kind == "fsdp":  # the frozen base really was split: this process held part of it
+        held = re.search(r"FSDP: the frozen base sharded over 2 processes \(([\d,]+) of its parameters", proc.stdout)
+        total = sum(p.numel() for p in SoftPromptModel.from_adapter(tmp_path / "two" / "t" / "final").base.parameters())
+        assert held and int(held.group(1).replace(",", "")) < 0.75 * total, proc.stdout[-3000:]
+    single = one_process(method, task, 6)
+    two = SoftPromptModel.from_adapter(tmp_path / "two" / "t" / "final")
+    torch.testing.assert_close(learned(two), learned(single.model), atol=1e-5, rtol=1e-4)
     # evaluation: each process scored half the rows; the gathered metrics are the single process's
-    logged = [json.loads(line) for line in (tmp_path / "ddp" / "t" / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / "two" / "t" / "metrics.jsonl").read_text().splitlines()]
     evals = lambda history: [{k: v for k, v in h.items() if k.startswith(("eval_", "test_"))}  # noqa: E731
                              for h in history if any(k.startswith(("eval_", "test_")) for k in h)]
     assert len(evals(logged)) == len(evals(single.history)) >= 3  # before training, step 4, test
@@ -61,12 +106,28 @@ def test_two_process_ddp_equals_one_process_on_the_global_batch(tmp_path, saved_
         for key in (k for k in mine if not k.endswith(ties)):
             assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
     if not method:  # the PEFT file holds the same prompt
-        ddp_prompt = load_file(str(tmp_path / "ddp" / "t" / "final" / "adapter_model.safetensors"))["prompt_embeddings"]
-        torch.testing.assert_close(ddp_prompt, single.model.prompt.prompt.detach(), atol=1e-5, rtol=1e-4)
+        two_prompt = load_file(str(tmp_path / "two" / "t" / "final" / "adapter_model.safetensors"))["prompt_embeddings"]
+        torch.testing.assert_close(two_prompt, single.model.prompt.prompt.detach(), atol=1e-5, rtol=1e-4)
     # and it really was two synchronised processes, not two independent runs
-    half = train(load_config(None, overrides(saved_model("llama"), task, tmp_path / "half", **common,
-                                             **{"train.batch_size": 3}))).model
-    assert not all(torch.equal(v, learned(half)[k]) for k, v in learned(ddp).items())
+    half = one_process(method, task, 3).model
+    assert not all(torch.equal(v, learned(half)[k]) for k, v in learned(two).items())
+    if resume:  # as if stopped after the step-2 checkpoint: the resume ends bit-equal
+        run = tmp_path / "two" / "t"
+        expected = learned(two)
+        for later in (run / "final", run / "step_000004"):
+            shutil.rmtree(later)
+        again = launch_run(tmp_path, LAUNCHERS[launcher_kind], [*args, "--resume"])
+        assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-3000:]
+        resumed = learned(SoftPromptModel.from_adapter(run / "final"))
+        assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)
+
+
+def launch_run(cwd: Path, launcher_args: list[str], args: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch LAUNCHER_ARGS -m softprompt train ARGS` on 2 CPU processes, to its end."""
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    return subprocess.run([launcher, "launch", *launcher_args, "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "-m", "softprompt", "train", *args], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=cwd)
 
 
 def test_shards_partition_the_rows_in_order():

@@ -68,13 +68,10 @@ def trainable_modules(model) -> list[torch.nn.Module]:
 
 def prepare(accelerator, model, optimizer, placement: str):
     """`accelerator.prepare(model, optimizer)`; under FSDP with the trainable components placed as `placement`
-    says. Returns (wrapped model, optimizer)."""
+    says. Returns (wrapped model, optimizer). What reads the base's weights outside its forward must have read
+    them before (the adapter's embedding probe: `model.base_probe`)."""
     if not is_fsdp(accelerator):
         return accelerator.prepare(model, optimizer)
-    from softprompt.adapter import embedding_probe
-
-    # read while the table is whole: the adapter records it, and a sharded table has its rows on other processes
-    model.base_probe = embedding_probe(model.base)
     if placement == "replicate":
         accelerator.state.fsdp_plugin.ignored_modules = trainable_modules(model)
     # FSDP2 warns that the root returns views (outputs aligned with the input are slices of the base's); the
@@ -149,6 +146,25 @@ def release(model) -> None:
                 owner._parameters[name] = torch.nn.Parameter(p.full_tensor(), requires_grad=p.requires_grad)
             if sharded:
                 owner._state_dict_pre_hooks.clear()
+
+
+def agree(accelerator, *flags: bool) -> list[bool]:
+    """For each flag, whether any process raised it (collective, one reduce for all; one process: its own)."""
+    if accelerator.num_processes == 1:
+        return list(flags)
+    summed = accelerator.reduce(torch.tensor([float(f) for f in flags], device=accelerator.device), reduction="sum")
+    return [bool(v) for v in summed.tolist()]
+
+
+def stop_together(accelerator, error: SoftPromptError | None) -> None:
+    """Where any process holds an error (the main process could not write a checkpoint, the adapter, the logs):
+    that process raises it, every other stops with exit code 2 and no message of its own (the one line is the
+    failing process's). Otherwise the others would wait for it at their next collective, forever under NCCL, or
+    die with a traceback under gloo. Collective, so also a barrier."""
+    if agree(accelerator, error is not None)[0]:
+        if error is not None:
+            raise error
+        raise SystemExit(2)
 
 
 def lockstep_batches(n_rows: list[int], batch_size: int) -> int:

@@ -111,6 +111,10 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     groups = param_groups(cfg, model)
     optimizer = build_optimizer(cfg, groups)
     scheduler = build_scheduler(cfg, optimizer)
+    if distributed.is_fsdp(accelerator):  # the adapter's probe of the embedding table, read while it is whole
+        from softprompt.adapter import embedding_probe
+
+        model.base_probe = embedding_probe(base)
     wrapped, optimizer = distributed.prepare(accelerator, model, optimizer, tc.fsdp_prompt)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]  # FSDP's sharding replaces parameters
 
@@ -144,12 +148,17 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     n_params = model.trainable_parameters()
     accelerator.print(f"trainable parameters: {n_params:,} (base frozen: {sum(p.numel() for p in base.parameters()):,})")
 
+    fault: list[SoftPromptError] = []  # a write the main process could not make; every process stops at the next step
+
     def record(values: dict, step: int) -> None:
         values = {k: float(v) for k, v in values.items()}
         loop["history"].append({"step": step, **values})
-        if main:
-            with metrics_file.open("a") as f:
-                f.write(json.dumps({"step": step, **values}) + "\n")
+        if main and not fault:
+            try:
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps({"step": step, **values}) + "\n")
+            except OSError as e:
+                fault.append(write_failed(f"appending to {metrics_file}", e, run_dir))
         accelerator.log(values, step=step)
 
     # what an eval line prints (metrics.jsonl keeps everything): an objective may name a short list
@@ -232,18 +241,23 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
                 say(f"early stopping at step {step}: no {tc.metric} improvement in {tc.early_stopping_patience} evaluations")
         if step == tc.max_steps and not stop:
             loop["stopped"] = "max_steps"
-        # every rank must agree to stop on a signal, or the others would wait for it forever
-        terminated = term.is_set() if world == 1 else bool(
-            accelerator.reduce(torch.tensor(float(term.is_set()), device=accelerator.device), reduction="sum").item())
+        # every rank must agree to stop on a signal (or a failed write), or the others would wait for it forever
+        terminated, failing = distributed.agree(accelerator, term.is_set(), bool(fault))
+        if failing:
+            distributed.stop_together(accelerator, fault[0] if fault else None)
         if step % tc.save_every == 0 or step == tc.max_steps or stop or terminated:
             rank_rng = gather_object([rng_state()]) if world > 1 else None  # every process's streams, rank order
             optimizer_whole = optimizer_state(model, optimizer)  # a sharded one, gathered
             with distributed.gathered(model):
+                failed = None
                 if main:
-                    save_checkpoint(run_dir, step, model, optimizer, scheduler, loop,
-                                    {"config": to_dict(cfg), "metrics": loop["history"][-3:]}, tc.keep_checkpoints,
-                                    rank_rng, optimizer_whole)
-                accelerator.wait_for_everyone()
+                    try:
+                        save_checkpoint(run_dir, step, model, optimizer, scheduler, loop,
+                                        {"config": to_dict(cfg), "metrics": loop["history"][-3:]}, tc.keep_checkpoints,
+                                        rank_rng, optimizer_whole)
+                    except SoftPromptError as e:
+                        failed = e
+                distributed.stop_together(accelerator, failed)  # also the barrier: the checkpoint is complete
         if terminated:
             progress.close()
             saved = run_dir / f"step_{step:06d}"
@@ -273,14 +287,17 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
         record(result.test, loop["step"])
     distributed.release(model)  # a sharded prompt, whole for writing (no forward runs after this)
     with distributed.gathered(model):
-        if main:
-            # steps: how far the run trained; source_step: the step whose adapter final/ holds (the best eval's
-            # with keep_best, so it can be earlier); config: what ran, so `softprompt eval` needs no recipe
-            model.save_adapter(result.adapter_dir, method=cfg.method.name, steps=loop["step"], source_step=source_step,
-                               chosen_by=result.chosen_by, metrics={**final_metrics, **result.test}, config=to_dict(cfg))
-            plot_curves(loop["history"], run_dir / "curves.png", title=curves_title(cfg, loop["step"]), metric=tc.metric,
-                        best_step=source_step, greater_is_better=greater_is_better(tc, objective))
-        accelerator.wait_for_everyone()
+        if main and not fault:
+            try:
+                # steps: how far the run trained; source_step: the step whose adapter final/ holds (the best eval's
+                # with keep_best, so it can be earlier); config: what ran, so `softprompt eval` needs no recipe
+                model.save_adapter(result.adapter_dir, method=cfg.method.name, steps=loop["step"], source_step=source_step,
+                                   chosen_by=result.chosen_by, metrics={**final_metrics, **result.test}, config=to_dict(cfg))
+                plot_curves(loop["history"], run_dir / "curves.png", title=curves_title(cfg, loop["step"]),
+                            metric=tc.metric, best_step=source_step, greater_is_better=greater_is_better(tc, objective))
+            except OSError as e:  # a full disk: adapter.save leaves no half-written final/
+                fault.append(write_failed(f"writing {result.adapter_dir}", e, run_dir))
+        distributed.stop_together(accelerator, fault[0] if fault else None)
     accelerator.end_training()
     result.history, result.model = loop["history"], model
     return result
@@ -308,6 +325,14 @@ def build_accelerator(cfg: Config, run_dir: Path):
     distributed.enable_fsdp(accelerator)  # CPU processes: accelerate would drop the launcher's FSDP
     check_world(accelerator)
     return accelerator
+
+
+def write_failed(what: str, error: OSError, run_dir: Path) -> SoftPromptError:
+    """The one error for a run-dir write the disk refused (full, a quota, a file size limit), naming what to resume."""
+    latest = latest_checkpoint(run_dir)
+    kept = f"{latest} is the last complete checkpoint" if latest else "no checkpoint was written"
+    return SoftPromptError(f"train: {what} failed ({error.strerror or error}); {kept}; free disk space (or raise the "
+                           "quota or file size limit), then continue with --resume")
 
 
 def check_world(accelerator) -> None:

@@ -145,10 +145,10 @@ def launch(tmp_path, args: list[str], **popen) -> subprocess.Popen:
     """`accelerate launch` of `softprompt train ARGS` on 2 CPU processes (gloo), in its own process group."""
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, **popen}
     return subprocess.Popen([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "softprompt", "train", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
-                            start_new_session=True, **popen)
+                            text=True, env=env, cwd=tmp_path, start_new_session=True, **popen)
 
 
 def final_state(run: Path) -> dict:
@@ -220,3 +220,41 @@ def test_the_launcher_guard_fires_when_processes_would_train_alone(tmp_path):
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", str(script)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
     assert proc.stdout.count("refused: launcher started 2 processes but accelerate sees 1") == 2, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("write", ["checkpoint", "metrics"])
+def test_a_write_only_the_main_process_fails_stops_both_processes_with_one_line(tmp_path, saved_model, write):
+    """Only the main process writes; its file size limit is lowered under it (as a full disk would refuse the next
+    write). Both processes stop together: one error line (the main process's, naming the last complete
+    checkpoint), no traceback from the other (under gloo it died on the closed connection; under NCCL it waited
+    forever), no half-written checkpoint."""
+    import time
+
+    import psutil
+
+    from softprompt.checkpoint import list_checkpoints
+
+    task = write_task(tmp_path / "data")
+    run_dir = tmp_path / "out" / "t"
+    args = overrides(saved_model("llama"), task, tmp_path / "out", **{
+        "train.max_steps": 100000, "train.save_every": 2, "train.eval_every": 100000, "data.test_split": "null",
+        "prompt.num_virtual_tokens": 100, "train.batch_size": 3})
+    cut = launch(tmp_path, args, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and cut.poll() is None and not list_checkpoints(run_dir):
+        time.sleep(0.01)
+    assert cut.poll() is None, cut.communicate()
+    main_worker = next(p for p in psutil.Process(cut.pid).children(recursive=True) if p.environ().get("RANK") == "0")
+    # checkpoint: 8 KB, under which the metrics file stays for hundreds of steps while the prompt's 12.8 KB tensor
+    # file cannot; metrics: the metrics file's size now, so its next line is refused first
+    limit = 8192 if write == "checkpoint" else (run_dir / "metrics.jsonl").stat().st_size
+    subprocess.run(["prlimit", "--pid", str(main_worker.pid), f"--fsize={limit}:{limit}"], check=True)
+    stdout, stderr = cut.communicate(timeout=120)
+    assert cut.returncode != 0
+    errors = [line for line in (stdout + stderr).splitlines() if "softprompt: error:" in line]
+    expected = "checkpoint: writing step_" if write == "checkpoint" else "train: appending to "
+    assert len(errors) == 1 and expected in errors[0] and "is the last complete checkpoint" in errors[0], stdout + stderr
+    assert "[rank1]" not in stdout + stderr, stderr[-3000:]  # the other process stopped without a traceback
+    named = Path(errors[0].split("; ")[1].split(" is the last")[0])
+    assert named in list_checkpoints(run_dir) and not list(run_dir.glob(".step_*"))

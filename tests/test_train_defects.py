@@ -375,3 +375,19 @@ def test_a_checkpoint_write_that_fails_is_one_error_and_the_last_one_stays(saved
                                                           "train.eval_every": 100000, "data.test_split": "null",
                                                           "prompt.num_virtual_tokens": 100})
     assert resumed.steps == stopped_at + 2
+
+
+def test_a_final_adapter_that_cannot_be_written_is_one_error_naming_the_last_checkpoint(saved_model, task, tmp_path):
+    """final/ is written into a temp dir beside it; a file where that dir must go makes the write fail (as a full
+    disk would): one SoftPromptError naming the last complete checkpoint, no final/, and --resume writes it."""
+    from softprompt.errors import SoftPromptError
+
+    out = tmp_path / "out"
+    (out / "t").mkdir(parents=True)
+    (out / "t" / ".final.tmp").write_text("in the way")
+    with pytest.raises(SoftPromptError, match=r"train: writing .*final failed .*step_000006 is the last complete checkpoint"):
+        run(saved_model, task, out)
+    assert not (out / "t" / "final").exists() and (out / "t" / "step_000006").is_dir()
+    (out / "t" / ".final.tmp").unlink()
+    resumed = run(saved_model, task, out, resume=True)
+    assert resumed.steps == 6 and (out / "t" / "final" / "adapter_model.safetensors").is_file()

@@ -130,7 +130,8 @@ def save(model, out_dir: str | Path, **meta) -> Path:
         "num_virtual_tokens": source.num_virtual_tokens,
         "token_dim": source.dim,
         "base_probe": getattr(model, "base_probe", None) or embedding_probe(model.base),
-        "base_vocab_size": model.base.get_input_embeddings().weight.shape[0],  # the probe reads the first rows only
+        # the probe reads the first rows only
+        "base_vocab_size": getattr(model, "base_vocab_size", None) or model.base.get_input_embeddings().weight.shape[0],
         "base_model_type": model.base.config.model_type,  # the architecture: another one is refused by name
         "prompt": source.describe(),
         "peft_tensor": peft_key,  # which prompt state tensor adapter_model.safetensors holds, or null

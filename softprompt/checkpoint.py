@@ -29,8 +29,13 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def whole(t: torch.Tensor) -> torch.Tensor:
-    """A tensor sharded over processes (a DTensor: FSDP with train.fsdp_prompt=shard) gathered whole: collective,
-    every process calls it; any other tensor itself."""
+    """A tensor split over processes gathered whole (a DTensor: FSDP with train.fsdp_prompt=shard; a parameter
+    under DeepSpeed ZeRO-3): collective, every process calls it; any other tensor itself."""
+    if getattr(t, "ds_status", None) is not None and t.ds_status.name == "NOT_AVAILABLE":  # (not already gathered)
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([t], modifier_rank=None):
+            return t.detach().clone()
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
@@ -43,7 +48,12 @@ def load_trainable_state(model, tensors: dict[str, torch.Tensor]) -> None:
     with torch.no_grad():
         for name, value in tensors.items():
             param = params[name]
-            if hasattr(param, "to_local"):  # sharded: this process's part of the whole value every process holds
+            if hasattr(param, "ds_id"):  # ZeRO-3: gathered, written by rank 0, split again (collective)
+                import deepspeed
+
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                    param.copy_(value.to(param.device))
+            elif hasattr(param, "to_local"):  # sharded: this process's part of the whole value every process holds
                 from torch.distributed.tensor import distribute_tensor
 
                 value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
@@ -64,7 +74,15 @@ def optimizer_state(model, optimizer) -> dict | None:
     return {"by_name": get_optimizer_state_dict(model, inner, options=StateDictOptions(full_state_dict=True))}
 
 
+NOT_SAVED = "written under DeepSpeed"  # trainer_state's optimizer entry of a run whose engine keeps that state
+
+
 def load_optimizer_state(model, optimizer, saved: dict, file: Path) -> None:
+    if NOT_SAVED in saved:
+        raise SoftPromptError(f"{file.parent} was {NOT_SAVED}, whose optimizer state is split over the processes in its "
+                              "own format and is not in the checkpoint, so it cannot resume exactly; start a new run from "
+                              f"its prompt: `softprompt export {file.parent} --out DIR`, then prompt.init: file, "
+                              "prompt.init_file: DIR")
     inner = getattr(optimizer, "optimizer", optimizer)
     sharded = any(hasattr(p, "to_local") for g in inner.param_groups for p in g["params"])
     if sharded != ("by_name" in saved):

@@ -1,11 +1,16 @@
-"""FSDP through accelerate, CPU processes included, and where the trainable components live under it.
+"""FSDP and DeepSpeed through accelerate, CPU processes included, and where the trainable components live.
 
 accelerate is the engine (`accelerate launch --config_file recipes/accelerate/fsdp.yaml`): its FSDP2 preparation
 shards the frozen base (each transformer layer, the embeddings and the LM head a unit of their own, the rest in
 the root unit). What this module adds is what a soft prompt on a sharded base needs:
 
-- `enable_fsdp`: accelerate maps CPU processes to MULTI_CPU and drops the FSDP plugin its launcher asked for, so
-  a CPU run silently became DDP. torch's FSDP2 runs on gloo; the launcher's plugin is put back.
+- `enable_engine`: accelerate maps CPU processes to MULTI_CPU and drops the FSDP or DeepSpeed plugin its launcher
+  asked for, so a CPU run silently became DDP. torch's FSDP2 and DeepSpeed (its CPU accelerator) run on gloo;
+  the launcher's plugin is put back.
+- DeepSpeed (`deepspeed_settings`): the loop's batch size, clipping and accumulation go into its config; under
+  ZeRO-3, where every parameter is split and gathered by module hooks, the prompt runs concatenated (the shared
+  prefix reuses the layers' outputs after DeepSpeed has released their weights), and the trainable parameters
+  stay whole (ZeRO-3's persistence threshold), since they are read outside their module's forward.
 - `prepare`: `train.fsdp_prompt` says where the trainable components (prompt, DePT offset, head) live:
   `replicate` (default: a prompt is a few thousand numbers, sharding it saves nothing and costs an all-gather per
   forward) keeps them whole on every process, outside FSDP, their gradients averaged by `sync_replicated` as DDP
@@ -35,30 +40,94 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+def deepspeed_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def is_fsdp(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def enable_fsdp(accelerator) -> None:
-    """Put back the FSDP the launcher asked for where accelerate dropped it (CPU processes: see the module
-    docstring). Detected, not assumed: an accelerate that keeps FSDP on CPU is left as it is."""
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+def zero_stage(accelerator) -> int | None:
+    """The DeepSpeed ZeRO stage this run uses; None without DeepSpeed."""
+    from accelerate.utils import DistributedType
 
-    if not fsdp_requested() or accelerator.distributed_type != DistributedType.MULTI_CPU:
-        return
-    plugin = FullyShardedDataParallelPlugin()  # the launcher's FSDP_* settings
-    if plugin.fsdp_version != 2:
-        raise SoftPromptError(f"FSDP version {plugin.fsdp_version} on CPU processes: accelerate runs FSDP1 on GPUs "
-                              "only; set fsdp_version: 2 in the accelerate config (recipes/accelerate/fsdp.yaml)")
-    if accelerator.mixed_precision != "no":
-        plugin.set_mixed_precision(accelerator.mixed_precision)
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return None
+    return int(accelerator.state.deepspeed_plugin.zero_stage)
+
+
+def enable_engine(accelerator) -> None:
+    """Put back the FSDP or DeepSpeed the launcher asked for where accelerate dropped it (CPU processes: see the
+    module docstring). Detected, not assumed: an accelerate that keeps them on CPU is left as it is."""
     from accelerate.state import PartialState
+    from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    state = accelerator.state
+    if fsdp_requested():
+        plugin = FullyShardedDataParallelPlugin()  # the launcher's FSDP_* settings
+        version = getattr(plugin, "fsdp_version", 1)  # an accelerate before FSDP2 has FSDP1 alone
+        if version != 2:
+            raise SoftPromptError(f"FSDP version {version} on CPU processes: accelerate runs FSDP1 on GPUs only; set "
+                                  "fsdp_version: 2 in the accelerate config (recipes/accelerate/fsdp.yaml; accelerate "
+                                  ">= 1.6)")
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        state.fsdp_plugin, engine = plugin, DistributedType.FSDP
+    elif deepspeed_requested():
+        plugin = DeepSpeedPlugin()  # the launcher's ACCELERATE_DEEPSPEED_* settings
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+        plugin.select(_from_accelerator_state=True)
+        state.deepspeed_plugins, engine = {"default": plugin}, DistributedType.DEEPSPEED
+    else:
+        return
     # both: each AcceleratorState() built later (accelerate builds them inside) copies PartialState's type over
-    PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
-    accelerator.state.fsdp_plugin = plugin
+    PartialState().distributed_type = state.distributed_type = engine
+
+
+def whole_base_loading(accelerator) -> None:
+    """ZeRO-3: each process loads the base whole, and deepspeed.initialize splits it. accelerate's zero3_init would
+    load it already split, with none of the embedding table on any process for the prompt's init to read. The
+    cost: every process holds the whole base once, while loading."""
+    if zero_stage(accelerator) != 3:
+        return
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    accelerator.state.deepspeed_plugin.zero3_init_flag = False
+    unset_hf_deepspeed_config()  # what transformers' from_pretrained asks (is_deepspeed_zero3_enabled)
+
+
+def deepspeed_settings(accelerator, model, cfg) -> None:
+    """What DeepSpeed must be told that the loop knows (accelerate finds the batch size on a DataLoader, which this
+    loop does not hand it): the micro-batch, the clipping (optim.max_grad_norm, over an accelerate config's own
+    `gradient_clipping`), one micro-batch per step. Under ZeRO-3 the prompt runs concatenated."""
+    if cfg.train.gradient_accumulation_steps != 1:
+        raise SoftPromptError(f"train.gradient_accumulation_steps={cfg.train.gradient_accumulation_steps} under "
+                              "DeepSpeed: not supported (DeepSpeed steps inside each backward); raise train.batch_size "
+                              "instead, or launch with DDP or FSDP")
+    conf = accelerator.state.deepspeed_plugin.deepspeed_config
+    conf["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
+    conf["gradient_accumulation_steps"] = 1
+    conf["gradient_clipping"] = float(cfg.optim.max_grad_norm or 0.0)
+    if zero_stage(accelerator) == 3:
+        if model.execution == "shared_prefix":
+            raise SoftPromptError("prompt.execution=shared_prefix under DeepSpeed ZeRO-3: the shared prefix reuses "
+                                  "the layers' outputs after ZeRO-3 has released their weights; use prompt.execution=auto "
+                                  "(concatenated there, the same outputs)")
+        model.execution = "concat"  # auto: see above
+        # The trainable parameters stay whole on every process once first gathered: ZeRO-3 keeps a parameter whole
+        # when it is no larger than this threshold. They are read outside their module's forward (a DePT offset in
+        # the input table's forward hook, the adapter and checkpoint writes), where ZeRO-3 would have released them.
+        # The cost: base parameters no larger than the prompt stay whole too (norms, biases; not the projections).
+        largest = max(p.numel() for p in trainable_parameters(model))
+        zero = conf.setdefault("zero_optimization", {})
+        zero["stage3_param_persistence_threshold"] = max(largest, int(zero.get("stage3_param_persistence_threshold", 0)
+                                                                     if str(zero.get("stage3_param_persistence_threshold",
+                                                                                     "auto")) != "auto" else 0))
 
 
 def trainable_modules(model) -> list[torch.nn.Module]:
@@ -70,6 +139,12 @@ def prepare(accelerator, model, optimizer, placement: str):
     """`accelerator.prepare(model, optimizer)`; under FSDP with the trainable components placed as `placement`
     says. Returns (wrapped model, optimizer). What reads the base's weights outside its forward must have read
     them before (the adapter's embedding probe: `model.base_probe`)."""
+    if zero_stage(accelerator) is not None:
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
+        model.lockstep = zero_stage(accelerator) == 3 and accelerator.num_processes > 1
+        keep_whole(model)
+        accelerator.print(f"DeepSpeed ZeRO-{zero_stage(accelerator)} over {accelerator.num_processes} processes")
+        return wrapped, optimizer
     if not is_fsdp(accelerator):
         return accelerator.prepare(model, optimizer)
     if placement == "replicate":
@@ -82,6 +157,10 @@ def prepare(accelerator, model, optimizer, placement: str):
     accelerator.print(f"FSDP: the frozen base sharded over {accelerator.num_processes} processes "
                       f"({local_share(model.base):,} of its parameters on this one); trainable components " + ("whole on every process" if placement == "replicate" else "sharded too"))
     return wrapped, optimizer
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for m in trainable_modules(model) for p in m.parameters() if p.requires_grad]
 
 
 def local_share(module: torch.nn.Module) -> int:
@@ -121,9 +200,11 @@ def sync_replicated(accelerator, params: list[torch.nn.Parameter]) -> None:
 @contextlib.contextmanager
 def gathered(model):
     """The root FSDP unit whole on every process while inside (no-op without FSDP). Collective: every process
-    enters together. Parameters of other units (layers, embeddings) stay sharded; their own forwards gather them."""
+    enters together. Parameters of other units (layers, embeddings) stay sharded; their own forwards gather them.
+    Under ZeRO-3 the trainable parameters are made whole (`keep_whole`)."""
     from torch.distributed.fsdp import FSDPModule
 
+    keep_whole(model)
     if not isinstance(model, FSDPModule):
         yield
         return
@@ -132,6 +213,15 @@ def gathered(model):
         yield
     finally:
         model.reshard()
+
+
+def keep_whole(model) -> None:
+    """ZeRO-3: gather any trainable parameter not whole on this process (collective). They are persistent
+    (`deepspeed_settings`), so they stay whole and ZeRO-3 gathers them again after each step itself; but a module
+    that never runs a forward of its own (a DePT offset) is gathered by nothing else. No-op otherwise."""
+    for p in trainable_parameters(model):
+        if getattr(p, "ds_status", None) is not None and p.ds_status.name == "NOT_AVAILABLE":
+            p.all_gather()
 
 
 def release(model) -> None:

@@ -131,9 +131,10 @@ class SoftPromptModel(nn.Module):
         self.decision: dict | None = None  # the objective's fitted decision rule (per-label thresholds), saved with the adapter
         self.run_config: dict | None = None  # the config that trained a loaded adapter (its labels, its template)
         # set by distributed.prepare on a base sharded over processes: evaluation and generate run in lockstep;
-        # base_probe: the adapter's embedding probe, read there while the table was whole
+        # base_probe, base_vocab_size: the adapter's facts of the embedding table, read while it was whole
         self.lockstep = False
         self.base_probe: list[float] | None = None
+        self.base_vocab_size: int | None = None
         self.tokenizer = tokenizer
         self.kind = kind or detect_kind(base.config)
         if self.kind not in KIND_NAMES:

@@ -29,8 +29,8 @@ from typing import Callable
 import torch
 from accelerate.utils import gather_object
 
-from softprompt.checkpoint import (latest_checkpoint, load_checkpoint, load_trainable_state, optimizer_state, read_meta,
-                                   rng_state,
+from softprompt.checkpoint import (NOT_SAVED, latest_checkpoint, load_checkpoint, load_trainable_state, optimizer_state,
+                                   read_meta, rng_state,
                                    save_checkpoint, trainable_state)
 from softprompt import distributed, sharded_eval
 from softprompt.build import build_model, build_objective, complete_config, param_groups
@@ -111,10 +111,14 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     groups = param_groups(cfg, model)
     optimizer = build_optimizer(cfg, groups)
     scheduler = build_scheduler(cfg, optimizer)
-    if distributed.is_fsdp(accelerator):  # the adapter's probe of the embedding table, read while it is whole
-        from softprompt.adapter import embedding_probe
+    # counted (and the embedding table read) while whole: FSDP and ZeRO-3 split them
+    n_params, n_frozen = model.trainable_parameters(), sum(p.numel() for p in base.parameters())
+    if distributed.is_fsdp(accelerator) or distributed.zero_stage(accelerator) == 3:
+        from softprompt.adapter import embedding_probe  # what the adapter records of the embedding table
 
-        model.base_probe = embedding_probe(base)
+        model.base_probe, model.base_vocab_size = embedding_probe(base), base.get_input_embeddings().weight.shape[0]
+    if distributed.zero_stage(accelerator) is not None:
+        distributed.deepspeed_settings(accelerator, model, cfg)
     wrapped, optimizer = distributed.prepare(accelerator, model, optimizer, tc.fsdp_prompt)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]  # FSDP's sharding replaces parameters
 
@@ -145,8 +149,7 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
     if tc.trackers:  # only now: bad input must fail before anything is written
         accelerator.init_trackers(tc.run_name, config=flat(to_dict(cfg)), init_kwargs=tracker_kwargs(tc, run_dir))
     metrics_file = run_dir / "metrics.jsonl"
-    n_params = model.trainable_parameters()
-    accelerator.print(f"trainable parameters: {n_params:,} (base frozen: {sum(p.numel() for p in base.parameters()):,})")
+    accelerator.print(f"trainable parameters: {n_params:,} (base frozen: {n_frozen:,})")
 
     fault: list[SoftPromptError] = []  # a write the main process could not make; every process stops at the next step
 
@@ -247,7 +250,9 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
             distributed.stop_together(accelerator, fault[0] if fault else None)
         if step % tc.save_every == 0 or step == tc.max_steps or stop or terminated:
             rank_rng = gather_object([rng_state()]) if world > 1 else None  # every process's streams, rank order
-            optimizer_whole = optimizer_state(model, optimizer)  # a sharded one, gathered
+            # a sharded one, gathered; DeepSpeed's stays its own (split over the processes in its own format)
+            optimizer_whole = {NOT_SAVED: True} if distributed.zero_stage(accelerator) is not None else \
+                optimizer_state(model, optimizer)
             with distributed.gathered(model):
                 failed = None
                 if main:
@@ -322,7 +327,8 @@ def build_accelerator(cfg: Config, run_dir: Path):
         log_with=trackers or None,
         project_dir=str(run_dir),
     )
-    distributed.enable_fsdp(accelerator)  # CPU processes: accelerate would drop the launcher's FSDP
+    distributed.enable_engine(accelerator)  # CPU processes: accelerate would drop the launcher's FSDP or DeepSpeed
+    distributed.whole_base_loading(accelerator)
     check_world(accelerator)
     return accelerator
 

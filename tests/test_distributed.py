@@ -25,16 +25,21 @@ PTEC = {"method": "ptec", "data.source_template": "{text}", "objective.labels": 
         "head.lr": 0.05, "objective.max_new_tokens": None}
 
 
-FSDP_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "fsdp.yaml"
-# how each launcher is asked for 2 CPU processes: DDP by flags, FSDP by the recipe users run (its bf16 is
-# overridden: the comparison is with an fp32 process)
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "accelerate"
+# how each launcher is asked for 2 CPU processes: DDP by flags, FSDP and DeepSpeed by the recipes users run (their
+# bf16 is overridden: the comparison is with an fp32 process)
 LAUNCHERS = {"ddp": ["--multi_gpu", "--num_processes", "2", "--num_machines", "1"],
-             "fsdp": ["--config_file", str(FSDP_RECIPE)]}
+             "fsdp": ["--config_file", str(RECIPES / "fsdp.yaml")],
+             "zero2": ["--config_file", str(RECIPES / "deepspeed-zero2.yaml")],
+             "zero3": ["--config_file", str(RECIPES / "deepspeed-zero3.yaml")]}
+ENGINE_LINE = {"fsdp": "FSDP: the frozen base sharded over 2 processes", "zero2": "DeepSpeed ZeRO-2 over 2 processes",
+               "zero3": "DeepSpeed ZeRO-3 over 2 processes"}
 SHARDED = {"train.fsdp_prompt": "shard"}
 # (launcher, method, whether a resume from the step-2 checkpoint is checked too: DDP's is the kill tests' below)
 CASES = {"ddp-prompt_tuning": ("ddp", {}, False), "ddp-bank-key": ("ddp", BANK, False), "ddp-dept": ("ddp", DEPT, False),
          "ddp-ptec": ("ddp", PTEC, False), "fsdp-prompt_tuning": ("fsdp", {}, True),
-         "fsdp-dept-sharded": ("fsdp", {**DEPT, **SHARDED}, True), "fsdp-ptec": ("fsdp", PTEC, False)}
+         "fsdp-dept-sharded": ("fsdp", {**DEPT, **SHARDED}, True), "fsdp-ptec": ("fsdp", PTEC, False),
+         "zero2-prompt_tuning": ("zero2", {}, False), "zero3-dept": ("zero3", DEPT, False)}
 
 
 def learned(m) -> dict:
@@ -86,6 +91,8 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, saved_mod
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
     assert summary["steps"] == 4
+    if launcher_kind != "ddp":  # the engine the launcher asked for ran (on CPU accelerate would have dropped it)
+        assert ENGINE_LINE[launcher_kind] in proc.stdout, proc.stdout[-3000:]
     if launcher_kind == "fsdp":  # the frozen base really was split: this process held part of it
         held = re.search(r"FSDP: the frozen base sharded over 2 processes \(([\d,]+) of its parameters", proc.stdout)
         total = sum(p.numel() for p in SoftPromptModel.from_adapter(tmp_path / "two" / "t" / "final").base.parameters())
@@ -111,6 +118,10 @@ def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, saved_mod
     # and it really was two synchronised processes, not two independent runs
     half = one_process(method, task, 3).model
     assert not all(torch.equal(v, learned(half)[k]) for k, v in learned(two).items())
+    if launcher_kind == "zero2":  # DeepSpeed's split optimizer state is not in the checkpoint: refused, with the fix
+        refused = launch_run(tmp_path, LAUNCHERS[launcher_kind], [*args, "--resume"])
+        errors = [line for line in refused.stderr.splitlines() if "softprompt: error:" in line]
+        assert refused.returncode != 0 and errors and "was written under DeepSpeed" in errors[0], refused.stderr[-3000:]
     if resume:  # as if stopped after the step-2 checkpoint: the resume ends bit-equal
         run = tmp_path / "two" / "t"
         expected = learned(two)

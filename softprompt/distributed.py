@@ -32,9 +32,6 @@ import torch
 
 from softprompt.errors import SoftPromptError
 
-PLACEMENTS = ("replicate", "shard")
-
-
 def fsdp_requested() -> bool:
     """Whether the launcher asked for FSDP (`accelerate launch` with an FSDP config sets this)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
@@ -125,9 +122,8 @@ def deepspeed_settings(accelerator, model, cfg) -> None:
         # The cost: base parameters no larger than the prompt stay whole too (norms, biases; not the projections).
         largest = max(p.numel() for p in trainable_parameters(model))
         zero = conf.setdefault("zero_optimization", {})
-        zero["stage3_param_persistence_threshold"] = max(largest, int(zero.get("stage3_param_persistence_threshold", 0)
-                                                                     if str(zero.get("stage3_param_persistence_threshold",
-                                                                                     "auto")) != "auto" else 0))
+        current = zero.get("stage3_param_persistence_threshold", "auto")
+        zero["stage3_param_persistence_threshold"] = max(largest, 0 if current == "auto" else int(current))
 
 
 def trainable_modules(model) -> list[torch.nn.Module]:
@@ -136,8 +132,8 @@ def trainable_modules(model) -> list[torch.nn.Module]:
 
 
 def prepare(accelerator, model, optimizer, placement: str):
-    """`accelerator.prepare(model, optimizer)`; under FSDP with the trainable components placed as `placement`
-    says. Returns (wrapped model, optimizer). What reads the base's weights outside its forward must have read
+    """`accelerator.prepare(model, optimizer)`: under FSDP with the trainable components placed as `placement`
+    (train.fsdp_prompt) says; under ZeRO-3 with them whole. Returns (wrapped model, optimizer). What reads the base's weights outside its forward must have read
     them before (the adapter's embedding probe: `model.base_probe`)."""
     if zero_stage(accelerator) is not None:
         wrapped, optimizer = accelerator.prepare(model, optimizer)
@@ -154,8 +150,9 @@ def prepare(accelerator, model, optimizer, placement: str):
     warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     wrapped, optimizer = accelerator.prepare(model, optimizer)
     model.lockstep = accelerator.num_processes > 1
+    where = "whole on every process" if placement == "replicate" else "sharded too"
     accelerator.print(f"FSDP: the frozen base sharded over {accelerator.num_processes} processes "
-                      f"({local_share(model.base):,} of its parameters on this one); trainable components " + ("whole on every process" if placement == "replicate" else "sharded too"))
+                      f"({local_share(model.base):,} of its parameters on this one); trainable components {where}")
     return wrapped, optimizer
 
 
@@ -182,7 +179,7 @@ def sync_replicated(accelerator, params: list[torch.nn.Parameter]) -> None:
     import torch.distributed as dist
 
     plain = [p for p in params if not hasattr(p, "to_local")]
-    present = torch.tensor([float(p.grad is not None) for p in plain])
+    present = torch.tensor([float(p.grad is not None) for p in plain], device=accelerator.device)  # NCCL: on the GPU
     dist.all_reduce(present)
     synced = [p for p, n in zip(plain, present.tolist()) if n > 0]
     if not synced:

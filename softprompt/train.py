@@ -198,6 +198,11 @@ def _train(cfg: Config, resume: bool | str | Path, overwrite: bool, term: thread
         distributed.sync_replicated(accelerator, trainable)  # FSDP: the prompt it leaves whole (train.fsdp_prompt)
         grad_norm = accelerator.clip_grad_norm_(trainable, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm else None
         if not finite_step(accelerator, loss_total, trainable):
+            if distributed.zero_stage(accelerator) is not None:
+                raise SoftPromptError(
+                    f"train: a non-finite loss after step {loop['step']} under DeepSpeed, whose engine took the step "
+                    "inside its backward, so it cannot be skipped; lower optim.lr, keep optim.max_grad_norm set, or "
+                    "check the data (DeepSpeed's fp16 loss scaler skips overflows itself)")
             optimizer.zero_grad(set_to_none=True)  # nothing of this step reaches the prompt, the moments or the schedule
             loop["nonfinite"] += 1
             record({"nonfinite_steps": loop["nonfinite"]}, loop["step"])

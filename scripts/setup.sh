@@ -2,6 +2,7 @@
 # Set up a virtual environment for softprompt on a machine with only python3 and pip.
 #   bash scripts/setup.sh                  # .venv, runtime
 #   bash scripts/setup.sh test             # .venv + test extras (pytest, triton for the kernel parity tests)
+#                                          # and deepspeed (its ZeRO tests)
 #   bash scripts/setup.sh test lowest      # .venv-lowest: test extras at the lowest supported versions
 #                                          # (ci/constraints-lowest.txt, pyproject.toml's lower bounds)
 #   bash scripts/setup.sh compress         # .venv-compress: softprompt + llmcompressor, which pins an older
@@ -41,6 +42,8 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
 fi
 target="."
 [ -n "$extra" ] && target=".[$extra]"
+# the newest-versions test job also runs DeepSpeed (its ZeRO tests); the lowest job's parity tests do not need it
+[ "$extra" = test ] && [ "$flavour" = newest ] && target=".[test,deepspeed]"
 echo "setup: installing softprompt${extra:+ [$extra]} into $venv ($flavour versions)"
 pipq install -e "$target" "${constraints[@]}"
 "$venv/bin/python" -c "import softprompt, torch, transformers, peft, accelerate; print('setup: softprompt', softprompt.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| accelerate', accelerate.__version__)"

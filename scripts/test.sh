@@ -16,10 +16,11 @@ echo "== newest versions: the whole suite (setup took ${SECONDS}s)"
 if [ $# -gt 0 ]; then
   .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 else
-  # the tests that run in this process on two workers, one core and one torch thread each; then the
-  # multi-process tests alone (they start process pairs of their own, on accelerate's default port)
-  OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 -m "not serial"
-  .venv/bin/python -m pytest -q -p no:cacheprovider -m serial
+  # on two workers, one torch thread each. The multi-process tests (marked multiprocess: each starts process pairs,
+  # on a port of its own) leave a core idle a third of the time, which the other worker's tests fill; they go
+  # first, by module (--dist loadscope: a module's fixtures, e.g. its 1-process reference runs, are built once)
+  OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadscope \
+    tests/test_distributed.py tests
 fi
 if [ "${SOFTPROMPT_SKIP_LOWEST:-0}" = 1 ]; then
   echo "== lowest versions: skipped (SOFTPROMPT_SKIP_LOWEST=1)"

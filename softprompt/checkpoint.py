@@ -66,9 +66,9 @@ def optimizer_state(model, optimizer) -> dict | None:
     """The optimizer state whole, where its parameters are sharded over processes (FSDP with
     train.fsdp_prompt=shard), keyed by parameter name; None otherwise (`optimizer.state_dict()` then holds it
     all). Collective: every process calls it."""
-    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
-    if not any(hasattr(p, "to_local") for g in inner.param_groups for p in g["params"]):
+    if not sharded_optimizer(optimizer):
         return None
+    inner = getattr(optimizer, "optimizer", optimizer)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     return {"by_name": get_optimizer_state_dict(model, inner, options=StateDictOptions(full_state_dict=True))}
@@ -77,19 +77,28 @@ def optimizer_state(model, optimizer) -> dict | None:
 NOT_SAVED = "written under DeepSpeed"  # trainer_state's optimizer entry of a run whose engine keeps that state
 
 
-def load_optimizer_state(model, optimizer, saved: dict, file: Path) -> None:
+def check_optimizer_state(optimizer, saved: dict, file: Path) -> None:
+    """Whether this run can take the optimizer state `saved` (a DeepSpeed run's is not there; a sharded one is
+    keyed by name), before anything is loaded."""
     if NOT_SAVED in saved:
         raise SoftPromptError(f"{file.parent} was {NOT_SAVED}, whose optimizer state is split over the processes in its "
                               "own format and is not in the checkpoint, so it cannot resume exactly; start a new run from "
                               f"its prompt: `softprompt export {file.parent} --out DIR`, then prompt.init: file, "
                               "prompt.init_file: DIR")
-    inner = getattr(optimizer, "optimizer", optimizer)
-    sharded = any(hasattr(p, "to_local") for g in inner.param_groups for p in g["params"])
-    if sharded != ("by_name" in saved):
+    if sharded_optimizer(optimizer) != ("by_name" in saved):
         raise SoftPromptError(f"{file.parent} was written by a run whose trainable parameters were "
                               f"{'' if 'by_name' in saved else 'not '}sharded (FSDP with train.fsdp_prompt=shard); "
                               "resume it under the same launcher config and train.fsdp_prompt")
-    if sharded:
+
+
+def sharded_optimizer(optimizer) -> bool:
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    return any(hasattr(p, "to_local") for g in inner.param_groups for p in g["params"])
+
+
+def load_optimizer_state(model, optimizer, saved: dict) -> None:
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if "by_name" in saved:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(model, inner, saved["by_name"], options=StateDictOptions(full_state_dict=True))
@@ -239,8 +248,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0, worl
         raise damaged(state_file, first_line(e)) from None
     if missing:
         raise damaged(state_file, f"missing {sorted(missing)}")
+    check_optimizer_state(optimizer, state["optimizer"], state_file)
     load_trainable_state(model, tensors)
-    load_optimizer_state(model, optimizer, state["optimizer"], state_file)
+    load_optimizer_state(model, optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     streams = state.get("rank_rng") or [{"torch": state["torch_rng"], "python": state["python_rng"]}]
     set_rng_state(streams[rank] if len(streams) == world else streams[0])

@@ -243,10 +243,12 @@ def test_the_launcher_guard_fires_when_processes_would_train_alone(tmp_path):
     script = tmp_path / "alone.py"
     script.write_text("import os\nos.environ.pop('ACCELERATE_USE_CPU', None)\nfrom accelerate import Accelerator\n"
                       "from softprompt.errors import SoftPromptError\nfrom softprompt.train import check_world\n"
-                      "try:\n    check_world(Accelerator())\nexcept SoftPromptError as e:\n    print('refused:', e)\n")
+                      "import sys\ntry:\n    check_world(Accelerator())\nexcept SoftPromptError as e:\n"
+                      "    sys.stdout.write(f'refused: {e}\\n')\n")  # one write: the two processes share the pipe
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", free_port(), str(script)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", free_port(), str(script)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          cwd=tmp_path)
     assert proc.stdout.count("refused: launcher started 2 processes but accelerate sees 1") == 2, proc.stdout + proc.stderr
 
 

@@ -30,6 +30,7 @@ def free_port() -> str:
         s.bind(("127.0.0.1", 0))
         return str(s.getsockname()[1])
 
+
 BANK = {"method": "null", "prompt.type": "bank", "prompt.num_prompts": 2, "objective.type": "lm", "selector.type": "key"}
 DEPT = {"method": "dept", "prompt.rank": 2, "prompt.max_length": 256, "prompt.offset_lr": 0.05}
 PTEC = {"method": "ptec", "data.source_template": "{text}", "objective.labels": "[red, green, blue]", "head.num_outputs": 3,

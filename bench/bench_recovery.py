@@ -9,8 +9,9 @@ the prompt's training cost against LoRA on the same compressed model, side by si
 
 Stages (each cached under --work, so a rerun skips what exists):
 1. compress `demo-large` (softprompt.compress): `8x` = SparseGPT 50% + GPTQ 4-bit per row (llmcompressor, the
-   paper's joint setting); for the transfer matrix also `gptq4` (GPTQ only) and `magnitude50-nf4` (torch
-   magnitude pruning 50%, then NF4 by bitsandbytes at load: the same 8x through other libraries).
+   paper's joint setting); for the transfer matrix also `8x-24` (the same with 2:4 sparsity), `gptq4` (GPTQ
+   only) and `magnitude50-nf4` (torch magnitude pruning 50%, then NF4 by bitsandbytes at load: the same 8x
+   through other libraries).
 2. train prompts on `8x` with `softprompt.train` (method recovery): `lm` (LM loss), `kd` (KL to the dense
    model only), `mixed` (half each); and `lm@nf4` on `magnitude50-nf4` (a prompt learned on another
    compression, for the transfer matrix). Same seed, steps, lr, batch, prompt length for all.
@@ -52,6 +53,7 @@ def compress_all(work: Path, calibration_samples: int, seq_len: int, args) -> di
         (work / "calibration.jsonl").write_text("\n".join(lines[:400]) + "\n")
     plan = {
         "8x": CompressConfig(method="sparsegpt+gptq", sparsity=0.5, bits=4, group_size=None, **calib),
+        "8x-24": CompressConfig(method="sparsegpt+gptq", sparsity=0.5, structure="2:4", bits=4, group_size=None, **calib),
         "gptq4": CompressConfig(method="gptq", bits=4, group_size=None, **calib),
         "magnitude50": CompressConfig(method="magnitude", sparsity=0.5),
     }

@@ -186,12 +186,12 @@ def final_state(run: Path) -> dict:
 
 STOPPABLE = {"train.batch_size": 3, "train.save_every": 4, "train.eval_every": 1000, "train.keep_best": "false",
              "optim.scheduler": "constant", "optim.warmup_steps": 0, "data.test_split": "null",
-             "objective.generate_eval": "false", "train.max_steps": 200}
+             "objective.generate_eval": "false", "train.max_steps": 100}
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, saved_model):
-    """A 2-process GPT-2 run of 200 steps, start to end: (its task dir, its final adapter's tensors)."""
+    """A 2-process GPT-2 run of STOPPABLE's steps, start to end: (its task dir, its final adapter's tensors)."""
     tmp = tmp_path_factory.mktemp("whole")
     task = write_task(tmp / "data")
     whole = launch(tmp, overrides(saved_model("gpt2"), task, tmp / "out", **STOPPABLE))
@@ -227,7 +227,7 @@ def test_two_process_run_stopped_and_resumed_equals_the_uninterrupted_run(tmp_pa
         os.killpg(cut.pid, signal.SIGTERM)
     output = cut.communicate(timeout=120)[0]
     steps = [int(p.name.split("_")[1]) for p in run_dir.iterdir() if p.name.startswith("step_")]
-    assert steps and max(steps) < 200 and not (run_dir / "final").exists(), output[-3000:]
+    assert steps and max(steps) < STOPPABLE["train.max_steps"] and not (run_dir / "final").exists(), output[-3000:]
     if how == "SIGTERM":  # every process stopped after the same step and said so once
         assert output.count("SIGTERM: saved checkpoint") == 1, output[-3000:]
 

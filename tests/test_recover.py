@@ -114,6 +114,26 @@ def test_train_recovery_with_kd_records_and_reloads_the_compressed_base(saved_mo
         compress(saved_model(), pruned, CompressConfig(method="magnitude"), overwrite=True)
 
 
+def test_recovery_evals_report_the_base_without_a_prompt_and_the_teacher(saved_model, pruned, text_dir, tmp_path):
+    """Every eval line carries the references a recovery is judged by, computed as the perplexity report computes
+    them (an independent path: recovery_report over the same split), and the share of the gap the prompt closes."""
+    from softprompt import recovery_report as report
+
+    result = train(load_config(None, recipe(pruned, text_dir, tmp_path, **{"objective.kd_weight": 0.5,
+                                                                          "objective.teacher": saved_model()})))
+    evals = [m for m in map(json.loads, (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) if "eval_ppl" in m]
+    cells = report.run({"dense": saved_model(), "pruned": pruned}, {"prompt": str(result.adapter_dir)},
+                       {"held": str(text_dir)}, split="validation", block_size=16, batch_size=3)
+    at = {(c.base, c.prompt): c for c in cells}
+    assert len(evals) == 3  # before training, steps 2 and 4
+    for m in evals:
+        assert m["eval_base_ppl"] == pytest.approx(at[("pruned", "none")].ppl, rel=1e-5)
+        assert m["eval_teacher_ppl"] == pytest.approx(at[("dense", "none")].ppl, rel=1e-5)
+        base, teacher = math.log(m["eval_base_ppl"]), math.log(m["eval_teacher_ppl"])
+        assert m["eval_gap_closed"] == pytest.approx((base - m["eval_loss"]) / (base - teacher), rel=1e-6)
+    assert result.best["eval_ppl"] == pytest.approx(at[("pruned", "prompt")].ppl, rel=1e-5)
+
+
 def test_chunked_distillation_equals_the_full_logits_twin(saved_model, pruned, text_dir):
     from softprompt.build import build_model
     from softprompt.loading import load_base
@@ -256,13 +276,54 @@ def test_report_scores_every_cell_on_identical_tokens_and_writes_files(saved_mod
     expected = (at[("pruned", "none")].nll - at[("pruned", "lm")].nll) / gap if gap > 0 else None
     assert at[("pruned", "lm")].gap_closed == (pytest.approx(expected) if expected is not None else None)
     assert at[("dense", "lm")].gap_closed is None and at[("dense", "none")].gap_closed is None
+    shown = at[("pruned", "lm")]
+    assert shown.gap_low is None or shown.gap_low <= shown.gap_closed <= shown.gap_high
     assert all(0 <= c.accuracy <= 1 for c in cells)
     assert math.exp(at[("dense", "none")].nll) == pytest.approx(at[("dense", "none")].ppl)
     files = report.write(cells, tmp_path / "rep", "protocol line")
     assert all(f.is_file() and f.stat().st_size > 0 for f in files)
-    assert (tmp_path / "rep" / "perplexity.csv").read_text().count("\n") == len(cells) + 1
+    table = (tmp_path / "rep" / "perplexity.csv").read_text()
+    assert table.count("\n") == len(cells) + 1 and table.startswith("text,base,prompt,tokens,nll,ppl,gap_closed,gap_low,gap_high,")
     with pytest.raises(SoftPromptError, match="tokenizes text"):
         report.run({"a": saved_model(), "b": "demo"}, {}, {"held": str(text_dir)}, block_size=16)
+
+
+GAP_CASES = [  # (plain, prompted, reference) per block -> the interval, computed by hand
+    ([3.0, 4.0, 5.0], [2.0, 3.0, 4.0], [2.0, 3.0, 4.0], (1.0, 1.0)),  # the prompt reaches the reference in every block
+    ([3.0, 4.0, 5.0], [3.0, 4.0, 5.0], [2.0, 3.0, 4.0], (0.0, 0.0)),  # it changes nothing
+    ([3.0, 4.0, 5.0], [2.5, 3.5, 4.5], [1.0, 2.0, 3.0], (0.25, 0.25)),  # a quarter of every block's gap
+    ([3.0, 4.0, 5.0], [2.0, 3.0, 4.0], [3.0, 4.0, 5.0], (None, None)),  # no gap to close
+    ([3.0, 4.0, 5.0], [2.0, 3.0, 4.0], [3.1, 3.9, 5.0], (None, None)),  # a gap in one block of three, the reverse in another
+]
+
+
+@pytest.mark.parametrize("plain,prompted,reference,expected", GAP_CASES)
+def test_gap_interval_on_cases_worked_by_hand(plain, prompted, reference, expected):
+    from softprompt.recovery_report import gap_interval
+
+    low, high = gap_interval(plain, prompted, reference)
+    if expected[0] is None:
+        assert (low, high) == (None, None)
+    else:
+        assert (low, high) == (pytest.approx(expected[0]), pytest.approx(expected[1]))
+
+
+def test_gap_interval_widens_with_block_noise_and_holds_the_estimate():
+    import random
+
+    from softprompt.recovery_report import gap_interval
+
+    rng = random.Random(0)
+    plain = [4.0 + rng.random() for _ in range(200)]
+    reference = [p - 0.1 for p in plain]
+    intervals = []
+    for noise in (0.01, 0.2):  # each block's gain: half its gap, plus noise
+        prompted = [p - 0.05 + rng.gauss(0, noise) for p in plain]
+        estimate = sum(p - q for p, q in zip(plain, prompted)) / sum(p - r for p, r in zip(plain, reference))
+        low, high = gap_interval(plain, prompted, reference)
+        assert low < estimate < high
+        intervals.append(high - low)
+    assert intervals[1] > 5 * intervals[0]
 
 
 # the KD recipe covers the LM one too (same settings plus the teacher); test_config loads both

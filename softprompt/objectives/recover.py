@@ -163,14 +163,22 @@ def perplexity(logits_fn, items: list[dict], batch_size: int, device, read: int 
 
 def nll_sum(logits_fn, items: list[dict], batch_size: int, device, read: int = 0) -> tuple[float, int]:
     """(summed NLL, scored tokens) over `items`: what `perplexity` divides (shards of rows add up)."""
-    total, count = 0.0, 0
+    nlls, counts = block_nlls(logits_fn, items, batch_size, device, read)
+    return float(sum(nlls)), int(sum(counts))
+
+
+def block_nlls(logits_fn, items: list[dict], batch_size: int, device, read: int = 0) -> tuple[list[float], list[int]]:
+    """Each block's summed NLL and scored-token count (the protocol of `perplexity`), for paired comparisons."""
+    nlls, counts = [], []
     for start in range(0, len(items), batch_size):
         batch = {k: v.to(device) for k, v in collate_blocks(items[start:start + batch_size]).items()}
         targets = block_targets(batch, read)  # (B, L)
         logits = logits_fn(batch["input_ids"], batch["attention_mask"])  # (B, L, V)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum").item()
-        count += int((targets != -100).sum())
-    return total, count
+        token_nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                                    reduction="none").view(targets.shape)  # (B, L), 0 where not scored
+        nlls += token_nll.sum(1).tolist()
+        counts += (targets != -100).sum(1).tolist()
+    return nlls, counts
 
 
 class Teacher:
@@ -214,6 +222,10 @@ class Recover:
     def __init__(self, cfg: RecoverConfig):
         self.cfg = cfg
         self.teacher = Teacher(cfg.teacher, cfg.teacher_dtype) if cfg.teacher else None
+        self.shown_metrics = ("eval_loss", "eval_ppl", "eval_base_ppl") + (
+            ("eval_kd", "eval_gap_closed") if self.teacher is not None else ())
+        # the base without a prompt and the teacher score the same eval blocks every time: once per block list
+        self._references: dict[tuple, dict[str, float]] = {}
 
     def check_model(self, kind: str, has_head: bool, name: str) -> None:
         if kind != "causal":
@@ -263,7 +275,10 @@ class Recover:
         return total
 
     def metric_names(self) -> list[str]:
-        return ["eval_loss", "eval_ppl"] + (["eval_kd"] if self.teacher is not None else [])
+        # eval_gap_closed (with a teacher, where the base is worse than it) is shown, not a selection metric: it
+        # orders prompts as eval_ppl does, and a run whose base has no gap to close would lack it
+        names = ["eval_loss", "eval_ppl", "eval_base_ppl"]
+        return names + (["eval_kd", "eval_teacher_ppl"] if self.teacher is not None else [])
 
     def greater_is_better(self, metric: str) -> bool:
         return False  # loss, perplexity and KL alike
@@ -273,24 +288,47 @@ class Recover:
 
     @torch.no_grad()
     def eval_parts(self, model, items: list[dict], batch_size: int) -> EvalParts:
-        """Summed NLL over the scored tokens and their count; with a teacher, the summed KD and its count."""
+        """Summed NLL over the scored tokens and their count; the same for the base without a prompt and, with a
+        teacher, for the teacher (the references a recovery is judged against); with a teacher, the summed KD."""
         was_training = model.training
         model.eval()
         try:
+            read = selection_reads(model)
             logits = lambda ids, mask: model(ids, mask, right_padded=True).logits  # noqa: E731
-            total, count = nll_sum(logits, items, batch_size, model.device, read=selection_reads(model))
-            sums = {"nll": total, "tokens": count}
+            total, count = nll_sum(logits, items, batch_size, model.device, read=read)
+            sums = {"nll": total, "tokens": count, **self.references(model, items, batch_size, read)}
             if self.teacher is not None:
                 sums["kd"], sums["kd_tokens"] = self.kd_sum(model, items, batch_size)
         finally:
             model.train(was_training)
         return EvalParts(sums)
 
+    def references(self, model, items: list[dict], batch_size: int, read: int) -> dict[str, float]:
+        """Summed NLL of the base without the prompt (`base_nll`) and of the teacher (`teacher_nll`) over `items`,
+        on the tokens the prompted model is scored on; computed on the first eval of a block list, then reused
+        (the base and the teacher are frozen). Every process of a sharded eval computes its shard at that eval."""
+        key = (id(items[0]) if items else None, len(items), read)
+        if key not in self._references:
+            base = model.base
+            sums = {"base_nll": nll_sum(lambda ids, mask: base(input_ids=ids, attention_mask=mask).logits, items,
+                                        batch_size, model.device, read)[0]}
+            if self.teacher is not None:
+                teacher = self.teacher.get(model.device, base.get_output_embeddings().weight.shape[0])
+                sums["teacher_nll"] = nll_sum(lambda ids, mask: teacher(input_ids=ids, attention_mask=mask).logits,
+                                              items, batch_size, model.device, read)[0]
+            self._references[key] = sums
+        return self._references[key]
+
     def eval_metrics(self, parts: EvalParts, items: list[dict]) -> dict[str, float]:
-        nll = parts.sums["nll"] / max(parts.sums["tokens"], 1)
-        metrics = {"eval_loss": nll, "eval_ppl": math.exp(min(nll, 50.0))}
+        tokens = max(parts.sums["tokens"], 1)
+        nll, base = parts.sums["nll"] / tokens, parts.sums["base_nll"] / tokens
+        metrics = {"eval_loss": nll, "eval_ppl": math.exp(min(nll, 50.0)), "eval_base_ppl": math.exp(min(base, 50.0))}
         if self.teacher is not None:
             metrics["eval_kd"] = parts.sums["kd"] / max(parts.sums["kd_tokens"], 1)
+            teacher = parts.sums["teacher_nll"] / tokens
+            metrics["eval_teacher_ppl"] = math.exp(min(teacher, 50.0))
+            if base > teacher:  # the share of the base's gap to the teacher the prompt closes (recovery_report's)
+                metrics["eval_gap_closed"] = (base - nll) / (base - teacher)
         return metrics
 
     @torch.no_grad()

@@ -11,11 +11,11 @@ every block (the first token has no context without a prompt; with a prompt bank
 block's first c tokens, every cell scores tokens c+1..L instead), the prompt prepended to every block; all
 bases must tokenize the text identically, else the report refuses. "Gap closed" for base b and prompt q is
 (NLL(b) - NLL(b + q)) / (NLL(b) - NLL(reference)): 1 means the prompt brings b to the reference's
-perplexity, 0 means no change. Its 90% interval is a paired bootstrap over blocks (the same resampled blocks in
-the three terms; `GAP_RESAMPLES`, seeded): why: on a gap of a fraction of a percent, a share such as +400% is
-noise, and the interval says so; where fewer than 90% of the resamples still show a gap (b no worse than the
-reference), no interval is given ("gap unresolved"). Task accuracy is exact match of greedy continuations (up to 8 new tokens)
-against the targets, with and without each prompt.
+perplexity, 0 means no change. It comes with a 90% paired bootstrap interval over blocks (`GAP_RESAMPLES` seeded
+draws, each indexing the same blocks in all three terms). Why: on a gap of a fraction of a percent, a share such
+as +400% is noise, and the interval says so. Where fewer than 90% of the draws still show a gap, the report says
+"gap unresolved" instead. Task accuracy is exact match of greedy continuations (up to 8 new tokens) against the
+targets, with and without each prompt.
 """
 
 from __future__ import annotations

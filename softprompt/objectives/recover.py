@@ -307,7 +307,7 @@ class Recover:
         """Summed NLL of the base without the prompt (`base_nll`) and of the teacher (`teacher_nll`) over `items`,
         on the tokens the prompted model is scored on; computed on the first eval of a block list, then reused
         (the base and the teacher are frozen). Every process of a sharded eval computes its shard at that eval."""
-        key = (id(items[0]) if items else None, len(items), read)
+        key = (tuple(map(id, items)), read)  # the eval keeps its block lists (and so these ids) for the whole run
         if key not in self._references:
             base = model.base
             sums = {"base_nll": nll_sum(lambda ids, mask: base(input_ids=ids, attention_mask=mask).logits, items,

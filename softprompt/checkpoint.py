@@ -28,10 +28,15 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: whole(t).detach().cpu().clone().contiguous() for n, t in learned.items()}
 
 
+def zero3_released(t: torch.Tensor) -> bool:
+    """A parameter DeepSpeed ZeRO-3 has split and not gathered on this process (its data is a placeholder)."""
+    return getattr(t, "ds_status", None) is not None and t.ds_status.name == "NOT_AVAILABLE"
+
+
 def whole(t: torch.Tensor) -> torch.Tensor:
     """A tensor split over processes gathered whole (a DTensor: FSDP with train.fsdp_prompt=shard; a parameter
     under DeepSpeed ZeRO-3): collective, every process calls it; any other tensor itself."""
-    if getattr(t, "ds_status", None) is not None and t.ds_status.name == "NOT_AVAILABLE":  # (not already gathered)
+    if zero3_released(t):
         import deepspeed
 
         with deepspeed.zero.GatheredParameters([t], modifier_rank=None):

@@ -30,6 +30,7 @@ import warnings
 
 import torch
 
+from softprompt.checkpoint import zero3_released
 from softprompt.errors import SoftPromptError
 
 def fsdp_requested() -> bool:
@@ -217,7 +218,7 @@ def keep_whole(model) -> None:
     (`deepspeed_settings`), so they stay whole and ZeRO-3 gathers them again after each step itself; but a module
     that never runs a forward of its own (a DePT offset) is gathered by nothing else. No-op otherwise."""
     for p in trainable_parameters(model):
-        if getattr(p, "ds_status", None) is not None and p.ds_status.name == "NOT_AVAILABLE":
+        if zero3_released(p):
             p.all_gather()
 
 

@@ -152,6 +152,7 @@ def selection_read(prompts: dict[str, str]) -> int:
 
 def score(model, base, blocks: list[dict], batch_size: int, device, read: int = 0) -> dict:
     """Token-weighted NLL, perplexity and token count over the blocks, and each block's summed NLL."""
+    from softprompt.objectives.lm import perplexity_of
     from softprompt.objectives.recover import block_nlls
 
     if model is None:
@@ -161,7 +162,7 @@ def score(model, base, blocks: list[dict], batch_size: int, device, read: int = 
     with torch.no_grad():
         nlls, counts = block_nlls(logits, blocks, batch_size, device, read)
     nll = sum(nlls) / max(sum(counts), 1)
-    return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), "tokens": int(sum(counts)), "block_nll": nlls}
+    return {"nll": nll, "ppl": perplexity_of(nll), "tokens": int(sum(counts)), "block_nll": nlls}
 
 
 def load_task(path: str, split: str, max_rows: int | None) -> list[dict]:

@@ -36,6 +36,11 @@ class LMConfig:
             raise ConfigError(f"objective.max_new_tokens: must be > 0, got {self.max_new_tokens}")
 
 
+def perplexity_of(nll: float) -> float:
+    """exp of a mean NLL, capped at exp(50): an untrained model's loss would overflow it."""
+    return math.exp(min(nll, 50.0))
+
+
 def scored_targets(labels: torch.Tensor, kind: str, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The label each logit position is scored against (-100: none), aligned with the logits (B, T).
 
@@ -120,7 +125,7 @@ class TextToText:
         from softprompt.evaluate import accuracy
 
         loss = parts.sums["loss"] / max(parts.sums["tokens"], 1)
-        metrics = {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+        metrics = {"eval_loss": loss, "eval_ppl": perplexity_of(loss)}
         if self.cfg.generate_eval:
             metrics["eval_accuracy"] = accuracy(parts.rows["prediction"], items)
         return metrics

@@ -29,7 +29,6 @@ those hidden states, which is probed when the teacher loads; a teacher that post
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 
 from softprompt.data.loading import limited
 from softprompt.errors import ConfigError, SoftPromptError
-from softprompt.objectives.lm import scored_targets
+from softprompt.objectives.lm import perplexity_of, scored_targets
 from softprompt.sharded_eval import EvalParts
 
 log = logging.getLogger(__name__)
@@ -158,7 +157,7 @@ def perplexity(logits_fn, items: list[dict], batch_size: int, device, read: int 
     1..`read` (what a selector read to choose the prompt) are not scored either."""
     total, count = nll_sum(logits_fn, items, batch_size, device, read)
     nll = total / max(count, 1)
-    return {"nll": nll, "ppl": math.exp(min(nll, 50.0)), "tokens": count}
+    return {"nll": nll, "ppl": perplexity_of(nll), "tokens": count}
 
 
 def nll_sum(logits_fn, items: list[dict], batch_size: int, device, read: int = 0) -> tuple[float, int]:
@@ -322,11 +321,11 @@ class Recover:
     def eval_metrics(self, parts: EvalParts, items: list[dict]) -> dict[str, float]:
         tokens = max(parts.sums["tokens"], 1)
         nll, base = parts.sums["nll"] / tokens, parts.sums["base_nll"] / tokens
-        metrics = {"eval_loss": nll, "eval_ppl": math.exp(min(nll, 50.0)), "eval_base_ppl": math.exp(min(base, 50.0))}
+        metrics = {"eval_loss": nll, "eval_ppl": perplexity_of(nll), "eval_base_ppl": perplexity_of(base)}
         if self.teacher is not None:
             metrics["eval_kd"] = parts.sums["kd"] / max(parts.sums["kd_tokens"], 1)
             teacher = parts.sums["teacher_nll"] / tokens
-            metrics["eval_teacher_ppl"] = math.exp(min(teacher, 50.0))
+            metrics["eval_teacher_ppl"] = perplexity_of(teacher)
             if base > teacher:  # the share of the base's gap to the teacher the prompt closes (recovery_report's)
                 metrics["eval_gap_closed"] = (base - nll) / (base - teacher)
         return metrics
